@@ -1,0 +1,75 @@
+"""The public face: docstrings with examples, the README's code, the CI command, imports."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+import dsgd_jax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _block_after(marker: str) -> str:
+    match = re.search(rf"<!-- {marker} -->\n```\w+\n(.*?)```", README, re.S)
+    assert match, f"README has no code block after <!-- {marker} -->"
+    return match.group(1)
+
+
+def test_every_public_name_exists_and_has_a_runnable_example():
+    assert dsgd_jax.__version__
+    for name in dsgd_jax.__all__:
+        obj = getattr(dsgd_jax, name)
+        doc = obj.__doc__ or ""
+        assert ">>>" in doc, f"dsgd_jax.{name} has no example in its docstring"
+        assert "Examples:" in doc, f"dsgd_jax.{name}'s docstring has no Examples: section"
+
+
+def test_readme_api_table_lists_every_public_function():
+    table = README[README.index("## API") :]
+    for name in dsgd_jax.__all__:
+        if name[0].islower():
+            assert f"`{name}(" in table, f"README's API table misses {name}"
+
+
+def test_readme_quickstart_runs_and_is_short():
+    code = _block_after("readme:quickstart")
+    assert len([line for line in code.splitlines() if line.strip()]) < 20
+    namespace: dict = {}
+    with jax.numpy_dtype_promotion("standard"):  # as users run it
+        exec(compile(code, "README.md:quickstart", "exec"), namespace)
+    assert np.isfinite(float(namespace["loss"]))
+    assert int(dsgd_jax.step_count(namespace["optimizer"])) == 100
+
+
+def test_ci_runs_the_readme_test_command():
+    command = _block_after("readme:test-command").strip()
+    assert "pytest" in command and "\n" not in command
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "readme:test-command" in ci, ".ci/run must take its command from the README"
+    extracted = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "run"), "--print-command"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    assert extracted == command
+
+
+def test_core_imports_jax_and_optax_only():
+    heavy = ["flax", "tokenizers", "tensorflow_datasets", "tensorflow", "orbax", "torch", "tqdm"]
+    code = (
+        "import sys, dsgd_jax; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", f"importing dsgd_jax pulled in {out}"
