@@ -87,7 +87,7 @@ def test_pmap_with_pmean_equals_single_device():
     )
     for d in range(N_DEV):
         np.testing.assert_allclose(p_loss[d], loss, rtol=1e-6)
-        assert_trees_close(jax.tree.map(lambda a, d=d: a[d], p_grads), grads, rtol=1e-5, atol=1e-8)
+        assert_trees_close(jax.tree.map(lambda a, d=d: a[d], p_grads), grads, rtol=1e-6, atol=1e-8)
         assert_trees_close(
             jax.tree.map(lambda a, d=d: a[d], p_params), new_params, rtol=1e-6, atol=0
         )
@@ -111,7 +111,7 @@ def test_jit_with_named_sharding_equals_single_device():
     s_loss, s_grads, s_params = step(params_r, opt_state, x_s, y_s, mask_s)
     assert len(x_s.sharding.device_set) == N_DEV
     np.testing.assert_allclose(s_loss, loss, rtol=1e-6)
-    assert_trees_close(s_grads, grads, rtol=1e-5, atol=1e-8)
+    assert_trees_close(s_grads, grads, rtol=1e-6, atol=1e-8)
     assert_trees_close(s_params, new_params, rtol=1e-6, atol=0)
 
 
@@ -138,7 +138,7 @@ def test_shard_map_equals_single_device():
     )
     m_loss, m_grads, m_params = sharded(params_r, opt_state, x_s, y_s, mask_s)
     np.testing.assert_allclose(m_loss, loss, rtol=1e-6)
-    assert_trees_close(m_grads, grads, rtol=1e-5, atol=1e-8)
+    assert_trees_close(m_grads, grads, rtol=1e-6, atol=1e-8)
     assert_trees_close(m_params, new_params, rtol=1e-6, atol=0)
 
 

@@ -154,3 +154,17 @@ def test_train_step_inside_optax_wrappers(name, scaler):
     assert counts == [(i + 1) // k for i in range(N_CALLS)]
     for leaf in jax.tree.leaves(params):
         assert leaf.dtype == jnp.float32
+
+
+def test_linen_train_state():
+    from flax.training import train_state
+
+    tx = optax.MultiSteps(optax.adamw(1e-3), every_k_schedule=2)
+    state = train_state.TrainState.create(apply_fn=None, params=PARAMS, tx=tx)
+    counts = []
+    for _ in range(4):
+        with standard_promotion():
+            state = state.apply_gradients(grads=GRADS)
+        counts.append((int(dsgd_jax.step_count(state)), int(dsgd_jax.step_count(state.opt_state))))
+    assert counts == [(0, 0), (1, 1), (1, 1), (2, 2)]
+    assert int(state.step) == 4  # Linen counts apply_gradients calls
