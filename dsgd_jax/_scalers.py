@@ -7,6 +7,8 @@ optax schedule can be used in its place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -30,10 +32,18 @@ def _beta(beta, allow_beta_above_one: bool) -> float:
     return beta
 
 
-def _progress(count: jax.typing.ArrayLike, total_steps: int) -> jax.Array:
-    """min(t / T, 1), clipped at 0, as float32."""
-    t = jnp.asarray(count).astype(jnp.float32)
-    return jnp.clip(t / total_steps, 0.0, 1.0)
+def _ramp(
+    beta, total_steps, allow_beta_above_one: bool, curve: Callable[[jax.Array], jax.Array]
+) -> optax.Schedule:
+    """The schedule ``t -> beta * curve(min(t / T, 1))``, t clipped at 0, in float32."""
+    beta = _beta(beta, allow_beta_above_one)
+    total_steps = _checks.positive_int(total_steps, "total_steps")
+
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        progress = jnp.clip(jnp.asarray(count).astype(jnp.float32) / total_steps, 0.0, 1.0)
+        return beta * curve(progress)
+
+    return schedule
 
 
 def linear_scaler(
@@ -64,13 +74,7 @@ def linear_scaler(
         Bui & Wang, *Dynamic Scaled Gradient Descent for Stable Fine-Tuning for
         Classifications*, arXiv 2604.27987, 2026 (Eq. 4).
     """
-    beta = _beta(beta, allow_beta_above_one)
-    total_steps = _checks.positive_int(total_steps, "total_steps")
-
-    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        return beta * _progress(count, total_steps)
-
-    return schedule
+    return _ramp(beta, total_steps, allow_beta_above_one, lambda p: p)
 
 
 def cosine_scaler(
@@ -95,13 +99,9 @@ def cosine_scaler(
         >>> [round(float(scaler(t)), 4) for t in (0, 25, 50, 100, 200)]
         [0.0, 0.1464, 0.5, 1.0, 1.0]
     """
-    beta = _beta(beta, allow_beta_above_one)
-    total_steps = _checks.positive_int(total_steps, "total_steps")
-
-    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        return beta * 0.5 * (1.0 - jnp.cos(jnp.pi * _progress(count, total_steps)))
-
-    return schedule
+    return _ramp(
+        beta, total_steps, allow_beta_above_one, lambda p: 0.5 * (1.0 - jnp.cos(jnp.pi * p))
+    )
 
 
 def descending_scaler(
@@ -128,13 +128,7 @@ def descending_scaler(
         >>> [round(float(scaler(t)), 4) for t in (0, 25, 50, 100, 200)]
         [0.5, 0.375, 0.25, 0.0, 0.0]
     """
-    beta = _beta(beta, allow_beta_above_one)
-    total_steps = _checks.positive_int(total_steps, "total_steps")
-
-    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        return beta * (1.0 - _progress(count, total_steps))
-
-    return schedule
+    return _ramp(beta, total_steps, allow_beta_above_one, lambda p: 1.0 - p)
 
 
 def constant_scaler(value: float, *, allow_above_one: bool = False) -> optax.Schedule:
