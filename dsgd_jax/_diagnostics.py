@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from dsgd_jax import _checks
 
@@ -38,14 +39,6 @@ class GradientConflict(NamedTuple):
     correct_norm: jax.Array
     total_norm: jax.Array
     fraction_correct: jax.Array
-
-
-def _tree_dot(a: Any, b: Any) -> jax.Array:
-    leaves = [
-        jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    ]
-    return sum(leaves, start=jnp.zeros((), jnp.float32))
 
 
 def gradient_conflict(
@@ -91,11 +84,7 @@ def gradient_conflict(
     """
     scale = _checks.scale_array(scale)
 
-    def forward(p):
-        losses, correct = loss_fn(p, *args, **kwargs)
-        return losses, correct
-
-    losses, vjp_fn, correct = jax.vjp(forward, params, has_aux=True)
+    losses, vjp_fn, correct = jax.vjp(lambda p: loss_fn(p, *args, **kwargs), params, has_aux=True)
     losses = _checks.float_array(losses, "per_example_loss")
     correct = jnp.asarray(correct)
     if correct.shape != losses.shape or correct.dtype != jnp.bool_:
@@ -112,11 +101,12 @@ def gradient_conflict(
     in_correct = (valid & correct).astype(losses.dtype)
     cotangents = jnp.stack([in_wrong, in_correct]) / n.astype(losses.dtype)
     (grads,) = jax.vmap(vjp_fn)(cotangents)
+    grads = optax.tree_utils.tree_cast(grads, jnp.float32)
     g_wrong = jax.tree.map(lambda g: g[0], grads)
     g_correct = jax.tree.map(lambda g: g[1], grads)
-    ww = _tree_dot(g_wrong, g_wrong)
-    cc = _tree_dot(g_correct, g_correct)
-    wc = _tree_dot(g_wrong, g_correct)
+    ww = optax.tree_utils.tree_vdot(g_wrong, g_wrong)
+    cc = optax.tree_utils.tree_vdot(g_correct, g_correct)
+    wc = optax.tree_utils.tree_vdot(g_wrong, g_correct)
     norm_product = jnp.sqrt(ww) * jnp.sqrt(cc)
     cosine = jnp.where(norm_product > 0, wc / jnp.where(norm_product > 0, norm_product, 1.0), 0.0)
     lam = scale.astype(jnp.float32)
