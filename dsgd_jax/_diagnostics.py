@@ -110,12 +110,13 @@ def gradient_conflict(
     norm_product = jnp.sqrt(ww) * jnp.sqrt(cc)
     cosine = jnp.where(norm_product > 0, wc / jnp.where(norm_product > 0, norm_product, 1.0), 0.0)
     lam = scale.astype(jnp.float32)
-    total_sq = ww + 2.0 * lam * wc + lam * lam * cc
+    # the norm of the sum directly: expanding |g_W|^2 + 2 lam g_W.g_C + ... cancels badly
+    total = jax.tree.map(lambda w, c: w + lam * c, g_wrong, g_correct)
     return GradientConflict(
         cosine=cosine,
         wrong_norm=jnp.sqrt(ww),
         correct_norm=jnp.sqrt(cc),
-        total_norm=jnp.sqrt(jnp.maximum(total_sq, 0.0)),
+        total_norm=optax.tree_utils.tree_norm(total),
         fraction_correct=jnp.sum(in_correct, dtype=jnp.float32) / n,
     )
 
