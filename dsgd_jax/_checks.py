@@ -97,8 +97,10 @@ def mask_array(where, shape: tuple[int, ...]) -> jax.Array:
     """Checks a validity mask against ``shape`` and broadcasts it to ``shape``.
 
     ``where`` may have the full shape or a leading prefix of it (one flag per
-    example when the loss has a trailing label axis).
+    example when the loss has a trailing label axis); ``None`` means all valid.
     """
+    if where is None:
+        return jnp.ones(shape, bool)
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
         raise TypeError(

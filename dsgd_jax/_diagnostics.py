@@ -93,9 +93,7 @@ def gradient_conflict(
             f"of the loss's shape {losses.shape}; got correct of shape {correct.shape} "
             f"and dtype {correct.dtype}."
         )
-    valid = (
-        jnp.ones(losses.shape, bool) if where is None else _checks.mask_array(where, losses.shape)
-    )
+    valid = _checks.mask_array(where, losses.shape)
     n = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
     in_wrong = (valid & ~correct).astype(losses.dtype)
     in_correct = (valid & correct).astype(losses.dtype)
@@ -181,12 +179,10 @@ def collapse_check(
     threshold = _checks.real_number(threshold, "threshold")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
-    weights = None if where is None else _checks.mask_array(where, predictions.shape)
+    valid = _checks.mask_array(where, predictions.shape)
     counts = jnp.bincount(
-        predictions.ravel(),
-        weights=None if weights is None else weights.ravel().astype(jnp.float32),
-        length=num_classes,
-    ).astype(jnp.float32)
+        predictions.ravel(), weights=valid.ravel().astype(jnp.float32), length=num_classes
+    )
     total = jnp.maximum(jnp.sum(counts), 1.0)
     share = jnp.max(counts) / total
     return CollapseStats(
@@ -227,7 +223,7 @@ def mean_pairwise_cosine(
     x = features.astype(jnp.float32)
     norms = jnp.linalg.norm(x, axis=-1, keepdims=True)
     unit = x / jnp.where(norms > 0, norms, 1.0)
-    valid = jnp.ones(x.shape[:1], bool) if where is None else _checks.mask_array(where, x.shape[:1])
+    valid = _checks.mask_array(where, x.shape[:1])
     v = valid.astype(jnp.float32)
     s = unit * v[:, None]
     total = jnp.sum(s, axis=0)

@@ -98,16 +98,11 @@ def _masked_mean_parts(per_example_loss, correct, scale, where, axis_name):
         )
     weights = dsgd_weights(correct, scale)
     acc = _accumulation_dtype(loss.dtype)
-    terms = loss.astype(acc) * weights.astype(acc)
-    if where is None:
-        n = jnp.asarray(loss.size, acc)
-        num_correct = jnp.sum(correct, dtype=acc)
-    else:
-        valid = _checks.mask_array(where, loss.shape)
-        terms = jnp.where(valid, terms, jnp.zeros((), acc))
-        weights = jnp.where(valid, weights, jnp.zeros((), weights.dtype))
-        n = jnp.sum(valid, dtype=acc)
-        num_correct = jnp.sum(valid & correct, dtype=acc)
+    valid = _checks.mask_array(where, loss.shape)
+    terms = jnp.where(valid, loss.astype(acc) * weights.astype(acc), jnp.zeros((), acc))
+    weights = jnp.where(valid, weights, jnp.zeros((), weights.dtype))
+    n = jnp.sum(valid, dtype=acc)
+    num_correct = jnp.sum(valid & correct, dtype=acc)
     total = jnp.sum(terms)
     if axis_name is not None:
         total, n, num_correct = lax.psum((total, n, num_correct), axis_name)
