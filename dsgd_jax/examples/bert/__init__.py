@@ -1,0 +1,1 @@
+"""BERT-style text classification example."""

