@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import dsgd_jax
 
@@ -97,31 +98,30 @@ def test_readme_main_job_installs_its_assets_and_runs_the_default():
     assert pins <= _no_deps_pins(_block_after("readme:test-command"))
 
 
-def test_readme_main_job_results_come_from_the_committed_run():
+@pytest.mark.parametrize("example", ["bert", "vit"])
+def test_readme_results_come_from_the_committed_runs(example):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "bert_default", ROOT / "benchmarks" / "bert_default.py"
+        "default_runs", ROOT / "benchmarks" / "default_runs.py"
     )
-    bert_default = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bert_default)
-    results = json.loads(bert_default.RESULTS.read_text())
-    assert set(results["runs"]) == {"fft", "dsgd"}
+    default_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(default_runs)
+    results = json.loads(default_runs.results_path(example).read_text())
+    assert results["example"] == example and set(results["runs"]) == {"fft", "dsgd"}
+    if example == "bert":
+        from dsgd_jax.examples.bert.config import BertExampleConfig as Config
+    else:
+        from dsgd_jax.examples.vit.config import ViTExampleConfig as Config
+    labels = Config().load_data().test.labels
     for method, summary in results["runs"].items():
-        assert summary["method"] == method and summary["finished"]
-        assert summary["config"]["seed"] == 42 and summary["task"] == "drugs"
-        # The committed accuracy is what the committed predictions give.
-        from dsgd_jax.examples.bert.data import load_drugs
-
-        labels = load_drugs().test.labels
+        assert summary["method"] == method and summary["finished"] and summary["seed"] == 42
+        # The committed accuracy is what the committed predictions give ...
         assert summary["accuracy"] == np.mean(np.array(summary["predictions"]) == labels)
-    assert bert_default.markdown(results) in README
-    # ... and they were measured with today's defaults.
-    from dsgd_jax.examples.bert.config import BertExampleConfig
-
-    for method, summary in results["runs"].items():
-        defaults = BertExampleConfig(method=method).to_dict()
+        # ... and they were measured with today's defaults.
+        defaults = Config(method=method).to_dict()
         for free in ("resume", "progress", "stop_after_epochs"):
             defaults.pop(free)
             summary["config"].pop(free)
         assert summary["config"] == defaults
+    assert default_runs.markdown(results) in README

@@ -31,7 +31,7 @@ def build_parser(config_cls: type[TrainConfig], prog: str, description: str):
         "--workdir",
         default=None,
         help="where metrics, checkpoints and the summary go; None means "
-        "runs/<task>-<method>-s<seed>",
+        "runs/<task>-<method>-s<seed> (pretraining: runs/vit-pretrain-<dataset>-<model>)",
     )
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -54,10 +54,7 @@ def parse_config(
     args = vars(build_parser(config_cls, prog, description).parse_args(argv))
     workdir = args.pop("workdir")
     config = config_cls(**args)
-    if workdir is None:
-        task = str(config.task_name).replace("/", "_")
-        workdir = Path("runs") / f"{task}-{config.method}-s{config.seed}"
-    return config, Path(workdir)
+    return config, Path(workdir) if workdir is not None else config.default_workdir()
 
 
 def main(
@@ -79,10 +76,12 @@ def main(
             file=sys.stderr,
         )
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, KeyError, OSError, FloatingPointError) as e:
         if os.environ.get("DSGD_TRACEBACK"):
             raise
-        print(f"{prog}: error: {e}\n(set DSGD_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        hint = "(set DSGD_TRACEBACK=1 for the traceback)"
+        print(f"{prog}: error: {message}\n{hint}", file=sys.stderr)
         return 2
     print(format_summary(summary))
     if not summary["finished"]:

@@ -91,6 +91,11 @@ class TrainConfig:
     def task_name(self) -> str:
         return getattr(self, "task", type(self).__name__)
 
+    def default_workdir(self) -> Path:
+        """Where the command line writes when no ``--workdir`` is given."""
+        task = str(self.task_name).replace("/", "_")
+        return Path("runs") / f"{task}-{self.method}-s{self.seed}"
+
     def validate(self) -> None:
         """Raises ValueError naming the bad field and the fix."""
         if self.method not in METHODS:

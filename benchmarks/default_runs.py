@@ -1,0 +1,179 @@
+"""Runs an example's default command twice, FFT and DSGD on the same seed, and records both.
+
+    python benchmarks/default_runs.py --example=bert   # about 2 x 8 minutes on a 2-core CPU
+    python benchmarks/default_runs.py --example=vit    # pretraining once, then 2 fine-tunings
+
+Writes ``benchmarks/results/<example>_default.json`` (both summaries, the
+command lines, the machine and the library versions) and rewrites the
+example's results block of README.md from that file. ``--readme-only`` redoes
+the README blocks from the saved JSON files without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "bert": {"module": "dsgd_jax.examples.bert", "marker": "readme:main-job-results"},
+    "vit": {"module": "dsgd_jax.examples.vit", "marker": "readme:vit-results"},
+}
+
+
+def results_path(example: str) -> Path:
+    return ROOT / "benchmarks" / "results" / f"{example}_default.json"
+
+
+def machine() -> dict[str, str]:
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "device": str(jax.devices()[0].device_kind),
+        "python": platform.python_version(),
+        **{pkg: metadata.version(pkg) for pkg in ("jax", "optax", "flax", "dsgd-jax")},
+    }
+
+
+def run(example: str, workdir_root: Path) -> dict:
+    module = EXAMPLES[example]["module"]
+    main = importlib.import_module(f"{module}.__main__").main
+    results = {"example": example, "machine": machine(), "runs": {}}
+    for method in ("fft", "dsgd"):
+        workdir = workdir_root / f"{example}-{method}"
+        done = workdir / "summary.json"
+        if not (done.exists() and json.loads(done.read_text())["finished"]):
+            # --resume starts afresh in an empty workdir and continues an interrupted run.
+            status = main([f"--method={method}", f"--workdir={workdir}", "--resume"])
+            if status != 0:
+                sys.exit(status)
+        summary = json.loads(done.read_text())
+        summary["command"] = f"python -m {module} --method={method}"
+        results["runs"][method] = summary
+    if example == "vit":  # the cached pretraining both fine-tunings started from
+        from dsgd_jax.examples.vit.config import ViTExampleConfig
+
+        pretrain = json.loads((ViTExampleConfig().pretrain_dir() / "summary.json").read_text())
+        pretrain.pop("predictions")
+        pretrain["command"] = "python -m dsgd_jax.examples.vit pretrain"
+        results["pretrain"] = pretrain
+    return results
+
+
+def _recall(recall: dict[str, float]) -> str:
+    if len(recall) <= 4:
+        return " / ".join(f"{v:.3f}" for v in recall.values())
+    worst = min(recall, key=recall.get)
+    return f"lowest {recall[worst]:.3f} ({worst}), mean {sum(recall.values()) / len(recall):.3f}"
+
+
+def markdown(results: dict) -> str:
+    example = results["example"]
+    m = results["machine"]
+    any_run = next(iter(results["runs"].values()))
+    cfg = any_run["config"]
+    classes = list(any_run["per_class_recall"])
+    recall_head = " / ".join(classes) if len(classes) <= 4 else "of the classes"
+    rows = [
+        f"| method | accuracy | macro-F1 | recall {recall_head} | collapsed | wall time |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, s in results["runs"].items():
+        rows.append(
+            f"| {method.upper()} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} "
+            f"| {_recall(s['per_class_recall'])} | {'yes' if s['collapsed'] else 'no'} "
+            f"| {s['wall_time_s'] / 60:.1f} min |"
+        )
+    missed = [
+        c for c in classes if all(s["per_class_recall"][c] == 0.0 for s in results["runs"].values())
+    ]
+    missed_line = (
+        f"No run recognises the {', '.join(missed)} class{'es' if len(missed) > 1 else ''}: "
+        "accuracy alone would hide that, hence macro-F1 and per-class recall. "
+        if missed
+        else ""
+    )
+    fft, dsgd = results["runs"]["fft"], results["runs"]["dsgd"]
+    gap = 100 * (dsgd["accuracy"] - fft["accuracy"])
+    verdict = (
+        f"On this seed DSGD is {abs(gap):.1f} accuracy points "
+        f"{'above' if gap > 0 else 'below'} FFT. "
+        if gap
+        else "On this seed DSGD and FFT reach the same accuracy. "
+    )
+    pretrain = results.get("pretrain")
+    pretrain_line = (
+        f"Both start from the ViT that `{pretrain['command']}` trained once "
+        f"({pretrain['task']}, {pretrain['epochs']} epochs, {pretrain['wall_time_s'] / 60:.1f} "
+        f"min, test accuracy {pretrain['accuracy']:.4f}); a first run that must pretrain "
+        "takes that much longer."
+        if pretrain
+        else ""
+    )
+    marker = EXAMPLES[example]["marker"]
+    return "\n".join(
+        [
+            f"<!-- {marker} -->",
+            f"Measured with `python benchmarks/default_runs.py --example={example}`, which runs "
+            f"the default command with `--method=fft` and `--method=dsgd` (task "
+            f"{any_run['task']}, seed {cfg['seed']}, {cfg['num_epochs']} epochs, learning rate "
+            f"{cfg['learning_rate']:g}, batch {cfg['batch_size']}) on {m['cpu']} "
+            f"({m['cores']} cores, no GPU; jax {m['jax']}, flax {m['flax']}); raw results in "
+            f"`benchmarks/results/{example}_default.json`:",
+            "",
+            *rows,
+            "",
+            f"{verdict}{missed_line}Wall time includes loading, compiling and evaluating; it is "
+            "not a speed comparison. One seed is one sample: the seed-stability protocol (10 "
+            "seeds, the paper's baselines) is what says whether DSGD helps on a task."
+            + (f" {pretrain_line}" if pretrain_line else ""),
+            f"<!-- /{marker} -->",
+        ]
+    )
+
+
+def update_readme(results: dict) -> None:
+    marker = EXAMPLES[results["example"]]["marker"]
+    start_tag, end_tag = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(start_tag)
+    end = readme.index(end_tag) + len(end_tag) if end_tag in readme else start + len(start_tag)
+    (ROOT / "README.md").write_text(readme[:start] + markdown(results) + readme[end:])
+
+
+def cli(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--example", choices=sorted(EXAMPLES), required=True)
+    parser.add_argument("--workdir", default="runs/default_runs", type=Path)
+    parser.add_argument("--readme-only", action="store_true")
+    args = parser.parse_args(argv)
+    path = results_path(args.example)
+    if args.readme_only:
+        results = json.loads(path.read_text())
+    else:
+        results = run(args.example, args.workdir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    update_readme(results)
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

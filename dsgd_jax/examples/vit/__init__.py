@@ -1,0 +1,1 @@
+"""Vision Transformer fine-tuning example on imbalanced images."""

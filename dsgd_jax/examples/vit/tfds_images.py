@@ -1,0 +1,92 @@
+"""CIFAR-10 and CIFAR-100, read from prepared tensorflow-datasets data.
+
+Reading goes through ``tfds.data_source`` (random access to ``array_record`` files),
+which needs neither TensorFlow nor a network; install it with
+``pip install "dsgd-jax[tfds]"``. Nothing is downloaded here: prepare the data once
+where a network is available, in the ``array_record`` format::
+
+    tfds build cifar10 --file_format=array_record --data_dir=DIR
+
+then pass ``data_dir=DIR``. The ``train`` and ``test`` splits (50,000 and 10,000 images
+of 32x32x3 uint8, balanced) become an :class:`~dsgd_jax.examples.vit.data.ImageTask`;
+CIFAR-100 uses its 100 fine labels. Class names come from the prepared data set's
+``label`` feature. Images are decoded with Pillow (``pip install pillow``); preparing
+the data (encoding) needs TensorFlow, reading it does not. tfds stores the examples
+in its own shuffled order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from dsgd_jax.examples.vit.data import ImageSet, ImageTask
+
+__all__ = ["NUM_CLASSES", "load_tfds_images"]
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+"""Supported tfds image data sets and their number of classes."""
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+"""CIFAR-10's class names (tfds knows them only once the data is prepared)."""
+
+_PIP = 'pip install "dsgd-jax[tfds]"'
+
+
+def _import_tfds():
+    for module in ("tensorflow_datasets", "array_record", "importlib_resources"):
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"The tfds data sets need the package {module!r}: run `{_PIP}`.")
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+def _split(source, where: str) -> ImageSet:
+    """Every example of one tfds data source (``image`` and ``label``) as an :class:`ImageSet`."""
+    images, labels = [], []
+    for i in range(len(source)):
+        example = source[i]
+        images.append(np.asarray(example["image"], dtype=np.uint8))
+        labels.append(int(np.asarray(example["label"])))
+    if not images:
+        raise ValueError(f"{where} is empty (0 examples).")
+    return ImageSet(np.stack(images), np.array(labels, dtype=np.int32))
+
+
+def load_tfds_images(name: str, *, data_dir=None) -> ImageTask:
+    """CIFAR-10 or CIFAR-100 (``name``) from prepared tfds data; see the module docstring.
+
+    Args:
+      name: ``"cifar10"`` or ``"cifar100"``.
+      data_dir: the tfds ``data_dir`` holding the prepared data (None: tfds' default,
+        ``~/tensorflow_datasets``).
+
+    Raises:
+      ValueError: ``name`` is not supported.
+      ImportError: tensorflow-datasets (or its reader dependencies) is missing.
+      FileNotFoundError: the data is not prepared under ``data_dir``; nothing is downloaded.
+    """
+    if name not in NUM_CLASSES:
+        raise ValueError(f"Unknown tfds image data set {name!r}; supported: {sorted(NUM_CLASSES)}.")
+    tfds = _import_tfds()
+    try:
+        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
+    except (NotImplementedError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+        where = data_dir or "tfds' default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        raise FileNotFoundError(
+            f"No prepared {name} data (splits train and test) in {where}; tfds data sets are "
+            f"never downloaded at run time. Where a network is available run `tfds build "
+            f"{name} --file_format=array_record --data_dir=DIR` and pass data_dir=DIR. "
+            f"(tfds said: {e})"
+        ) from e
+    names = list(tfds.builder(name, data_dir=data_dir).info.features["label"].names)
+    if name == "cifar10" and names == [str(i) for i in range(10)]:
+        names = list(CIFAR10_CLASSES)  # not prepared (mocked): tfds has no names yet
+    train = _split(sources[0], f"{name} split 'train'")
+    test = _split(sources[1], f"{name} split 'test'")
+    return ImageTask(name, train, test, tuple(names))
