@@ -6,6 +6,8 @@ each example contributes a model and its data through a config subclass of
 
 - ``python -m dsgd_jax.examples.bert``: a BERT-style encoder (MiniLM-L6 by default)
   on text classification.
+- ``python -m dsgd_jax.examples.vit``: a Vision Transformer on imbalanced images
+  (``pretrain`` as the first argument pretrains one).
 
 The core package ``dsgd_jax`` never imports this subpackage.
 """
