@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import jax
 import numpy as np
@@ -104,7 +103,7 @@ def test_the_default_run_is_minilm_on_drug_reviews():
     assert data.train.inputs["input_ids"].shape[1] <= config.max_length
 
 
-def test_gpu_sized_flags_parse(tmp_path):
+def test_gpu_sized_flags_parse():
     from dsgd_jax.examples.cli import parse_config
 
     config, workdir = parse_config(
@@ -115,4 +114,3 @@ def test_gpu_sized_flags_parse(tmp_path):
     )
     assert (config.max_length, config.batch_size, config.dtype) == (256, 32, "bfloat16")
     assert str(workdir) == "runs/drugs-dsgd-s42"
-    shutil.rmtree(tmp_path, ignore_errors=True)
