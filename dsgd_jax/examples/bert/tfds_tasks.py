@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from dsgd_jax.examples import tfds_source
 from dsgd_jax.examples.bert.data import TextSplit, TextTask
 
 __all__ = ["TASKS", "load_tfds"]
@@ -49,15 +50,10 @@ TASKS: dict[str, _Format] = {
 }
 """Supported task names, each with its ``example -> (text, text_pair)`` formatting."""
 
-_PIP = 'pip install "dsgd-jax[tfds]"'
-
 
 def _import_tfds(family: str):
     """``tensorflow_datasets``, with the builder module of ``family`` registered."""
-    for module in ("tensorflow_datasets", "array_record", "importlib_resources"):
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(f"The tfds tasks need the package {module!r}: run `{_PIP}`.")
-    import tensorflow_datasets as tfds
+    tfds = tfds_source.import_tfds()
 
     # TFDS imports its dataset builders lazily: import GLUE's or SuperGLUE's to register it.
     try:
@@ -117,17 +113,7 @@ def load_tfds(
     if name not in TASKS:
         raise ValueError(f"Unknown tfds task {name!r}; supported: {sorted(TASKS)}.")
     tfds = _import_tfds(name.split("/")[0])
-    splits = [train_split, test_split]
-    try:
-        sources = tfds.data_source(name, split=splits, data_dir=data_dir, download=False)
-    except (NotImplementedError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
-        where = data_dir or "tfds' default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-        raise FileNotFoundError(
-            f"No prepared {name} data (splits {splits}) in {where}; tfds tasks are never "
-            f"downloaded at run time. Where a network is available run `tfds build {name} "
-            f"--file_format=array_record --data_dir=DIR` and pass data_dir=DIR. "
-            f"(tfds said: {e})"
-        ) from e
+    sources = tfds_source.open_splits(tfds, name, [train_split, test_split], data_dir)
     label = tfds.builder(name, data_dir=data_dir).info.features["label"]
     names = getattr(label, "names", None) or ["0", "1"]
     fmt = TASKS[name]

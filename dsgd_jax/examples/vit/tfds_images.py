@@ -17,10 +17,9 @@ in its own shuffled order.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
+from dsgd_jax.examples import tfds_source
 from dsgd_jax.examples.vit.data import ImageSet, ImageTask
 
 __all__ = ["NUM_CLASSES", "load_tfds_images"]
@@ -33,17 +32,6 @@ CIFAR10_CLASSES = (
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 """CIFAR-10's class names (tfds knows them only once the data is prepared)."""
-
-_PIP = 'pip install "dsgd-jax[tfds]"'
-
-
-def _import_tfds():
-    for module in ("tensorflow_datasets", "array_record", "importlib_resources"):
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(f"The tfds data sets need the package {module!r}: run `{_PIP}`.")
-    import tensorflow_datasets as tfds
-
-    return tfds
 
 
 def _split(source, where: str) -> ImageSet:
@@ -73,17 +61,8 @@ def load_tfds_images(name: str, *, data_dir=None) -> ImageTask:
     """
     if name not in NUM_CLASSES:
         raise ValueError(f"Unknown tfds image data set {name!r}; supported: {sorted(NUM_CLASSES)}.")
-    tfds = _import_tfds()
-    try:
-        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
-    except (NotImplementedError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
-        where = data_dir or "tfds' default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-        raise FileNotFoundError(
-            f"No prepared {name} data (splits train and test) in {where}; tfds data sets are "
-            f"never downloaded at run time. Where a network is available run `tfds build "
-            f"{name} --file_format=array_record --data_dir=DIR` and pass data_dir=DIR. "
-            f"(tfds said: {e})"
-        ) from e
+    tfds = tfds_source.import_tfds()
+    sources = tfds_source.open_splits(tfds, name, ["train", "test"], data_dir)
     names = list(tfds.builder(name, data_dir=data_dir).info.features["label"].names)
     if name == "cifar10" and names == [str(i) for i in range(10)]:
         names = list(CIFAR10_CLASSES)  # not prepared (mocked): tfds has no names yet
