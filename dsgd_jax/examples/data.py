@@ -13,7 +13,39 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArraySplit", "TaskData", "batches"]
+__all__ = ["ArraySplit", "ClassificationTask", "TaskData", "batches"]
+
+
+class ClassificationTask:
+    """What every task container shares: ``train`` and ``test`` splits with ``labels``
+    and ``class_names``; :class:`TaskData` and the examples' raw text and image tasks
+    derive from it."""
+
+    train: Any
+    test: Any
+    class_names: Sequence[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Examples per class in ``split`` ("train" or "test")."""
+        return np.bincount(getattr(self, split).labels, minlength=self.num_classes)
+
+    def _check_classes(self, where: str = "") -> None:
+        """At least 2 classes and every label in ``[0, num_classes)``; names become strings."""
+        names = tuple(str(c) for c in self.class_names)
+        if len(names) < 2:
+            raise ValueError(f"A classification task needs at least 2 classes, got {names}.")
+        for name, split in (("train", self.train), ("test", self.test)):
+            low, high = int(split.labels.min()), int(split.labels.max())
+            if low < 0 or high >= len(names):
+                raise ValueError(
+                    f"{where}{name} labels span [{low}, {high}] but there are {len(names)} "
+                    f"classes {names}; labels must be in [0, {len(names)})."
+                )
+        object.__setattr__(self, "class_names", names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +95,7 @@ class ArraySplit:
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskData:
+class TaskData(ClassificationTask):
     """A classification task: train and test splits and the class names.
 
     Attributes:
@@ -79,31 +111,12 @@ class TaskData:
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        num_classes = len(self.class_names)
-        if num_classes < 2:
-            raise ValueError(f"A classification task needs at least 2 classes, got {num_classes}.")
-        for name, split in (("train", self.train), ("test", self.test)):
-            low, high = int(split.labels.min()), int(split.labels.max())
-            if low < 0 or high >= num_classes:
-                raise ValueError(
-                    f"{name} labels span [{low}, {high}] but there are {num_classes} "
-                    f"classes {tuple(self.class_names)}; labels must be in "
-                    f"[0, {num_classes})."
-                )
+        self._check_classes()
         if set(self.train.inputs) != set(self.test.inputs):
             raise ValueError(
                 f"train inputs {sorted(self.train.inputs)} and test inputs "
                 f"{sorted(self.test.inputs)} must have the same names."
             )
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def class_counts(self, split: str = "train") -> np.ndarray:
-        """Examples per class in ``split`` ("train" or "test")."""
-        labels = getattr(self, split).labels
-        return np.bincount(labels, minlength=self.num_classes)
 
 
 def batches(

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dsgd_jax.examples.data import ClassificationTask
+
 __all__ = [
     "TextSplit", "TextTask", "load_csv", "load_drugs", "load_tfds", "load_tweets",
     "synthetic_task",
@@ -68,7 +70,7 @@ class TextSplit:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TextTask:
+class TextTask(ClassificationTask):
     """A text classification task: train and test :class:`TextSplit` and class names."""
 
     name: str
@@ -77,28 +79,14 @@ class TextTask:
     class_names: tuple[str, ...]
 
     def __post_init__(self):
-        names = tuple(str(c) for c in self.class_names)
-        if len(names) < 2:
-            raise ValueError(f"A classification task needs at least 2 classes, got {names}.")
-        for split_name, split in (("train", self.train), ("test", self.test)):
-            low, high = int(split.labels.min()), int(split.labels.max())
-            if low < 0 or high >= len(names):
-                raise ValueError(
-                    f"{self.name}: {split_name} labels span [{low}, {high}] but there are "
-                    f"{len(names)} classes {names}."
-                )
+        self._check_classes(f"{self.name}: ")
         if (self.train.text_pair is None) != (self.test.text_pair is None):
             raise ValueError(f"{self.name}: train and test must both have text_pair, or neither.")
-        object.__setattr__(self, "class_names", names)
 
     @property
     def is_pair(self) -> bool:
         """Whether each example has two segments (``text`` and ``text_pair``)."""
         return self.train.text_pair is not None
-
-    def class_counts(self, split: str = "train") -> np.ndarray:
-        """Examples per class in ``split`` ("train" or "test")."""
-        return np.bincount(getattr(self, split).labels, minlength=len(self.class_names))
 
 
 def _package_dir(module: str, pip_spec: str) -> Path:

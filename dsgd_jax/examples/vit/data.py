@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.data import ArraySplit, TaskData
+from dsgd_jax.examples.data import ArraySplit, ClassificationTask, TaskData
 
 __all__ = [
     "DATASETS", "IMBALANCE", "ImageSet", "ImageTask", "load_dataset", "load_digits",
@@ -82,7 +82,7 @@ class ImageSet:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ImageTask:
+class ImageTask(ClassificationTask):
     """An image classification task: train and test :class:`ImageSet` and class names.
 
     ``max_value`` is the largest possible pixel value (255, or 16 for ``digits``):
@@ -96,30 +96,12 @@ class ImageTask:
     max_value: float = 255.0
 
     def __post_init__(self):
-        names = tuple(str(c) for c in self.class_names)
-        if len(names) < 2:
-            raise ValueError(f"A classification task needs at least 2 classes, got {names}.")
-        for split_name, split in (("train", self.train), ("test", self.test)):
-            low, high = int(split.labels.min()), int(split.labels.max())
-            if low < 0 or high >= len(names):
-                raise ValueError(
-                    f"{self.name}: {split_name} labels span [{low}, {high}] but there are "
-                    f"{len(names)} classes; labels must be in [0, {len(names)})."
-                )
+        self._check_classes(f"{self.name}: ")
         if self.train.images.shape[1:] != self.test.images.shape[1:]:
             raise ValueError(
                 f"{self.name}: train images are {self.train.images.shape[1:]} but test images "
                 f"are {self.test.images.shape[1:]}; they must have the same shape."
             )
-        object.__setattr__(self, "class_names", names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def class_counts(self, split: str = "train") -> np.ndarray:
-        """Examples per class in ``split`` ("train" or "test")."""
-        return np.bincount(getattr(self, split).labels, minlength=self.num_classes)
 
 
 def _check_ratio(ratio: float) -> None:
