@@ -67,8 +67,7 @@ def main(
     """Parses ``argv``, trains, prints the summary; returns the exit status."""
     config, workdir = parse_config(config_cls, argv, prog, description)
     try:
-        config.validate()
-        summary = train_and_evaluate(config, workdir)
+        summary = train_and_evaluate(config, workdir)  # validates the config first
     except KeyboardInterrupt:
         print(
             f"\nInterrupted. Checkpoints of finished epochs are in {workdir}/checkpoints; "

@@ -49,8 +49,17 @@ _RESUME_FREE = ("resume", "stop_after_epochs", "progress", "log_every")
 
 
 def config_field(default, help_text: str, **metadata):
-    """A dataclass field with the help text (and choices) its command-line flag shows."""
+    """A dataclass field with the help text (and choices) its command-line flag shows.
+
+    ``choices`` are checked by :meth:`TrainConfig.validate` and by the command line.
+    """
     return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
+def override_default(base: type, name: str, default):
+    """Field ``name`` of the config class ``base`` with another default, same help and choices."""
+    (field,) = (f for f in dataclasses.fields(base) if f.name == name)
+    return dataclasses.field(default=default, metadata=field.metadata)
 
 
 @dataclasses.dataclass
@@ -98,14 +107,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the bad field and the fix."""
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is unknown; choose one of {METHODS}.")
-        if self.scaler not in SCALERS:
-            raise ValueError(f"scaler={self.scaler!r} is unknown; choose one of {SCALERS}.")
-        for name in ("num_epochs", "batch_size", "grad_accum_steps", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("log_every",):
+        for field in dataclasses.fields(self):  # every field declared with choices
+            choices, value = field.metadata.get("choices"), getattr(self, field.name)
+            if choices is not None and value not in choices:
+                raise ValueError(
+                    f"{field.name}={value!r} is unknown; choose one of {tuple(choices)}."
+                )
+        for name in (
+            "num_epochs",
+            "batch_size",
+            "grad_accum_steps",
+            "eval_batch_size",
+            "log_every",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("conflict_every", "stop_after_epochs"):

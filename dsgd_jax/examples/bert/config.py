@@ -25,7 +25,7 @@ from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.bert import tokenization
 from dsgd_jax.examples.data import TaskData
-from dsgd_jax.examples.train import TrainConfig, config_field
+from dsgd_jax.examples.train import TrainConfig, config_field, override_default
 
 TASKS = (
     "drugs",
@@ -62,8 +62,8 @@ def bundled_checkpoint() -> Path:
 class BertExampleConfig(TrainConfig):
     """The shared loop's settings plus the BERT example's model and data."""
 
-    learning_rate: float = config_field(1e-4, "peak AdamW learning rate")
-    num_epochs: int = config_field(5, "epochs over the training split")
+    learning_rate: float = override_default(TrainConfig, "learning_rate", 1e-4)
+    num_epochs: int = override_default(TrainConfig, "num_epochs", 5)
     task: str = config_field("drugs", "the classification task", choices=TASKS)
     model: str = config_field(
         "pretrained", "'pretrained' loads --checkpoint; a preset is random init", choices=MODELS
@@ -95,12 +95,6 @@ class BertExampleConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is unknown; choose one of {TASKS}.")
-        if self.model not in MODELS:
-            raise ValueError(f"model={self.model!r} is unknown; choose one of {MODELS}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is unknown; choose one of {tuple(DTYPES)}.")
         if self.task == "csv" and not (self.csv_train and self.csv_test):
             raise ValueError("task=csv needs --csv_train=<file> and --csv_test=<file>.")
 

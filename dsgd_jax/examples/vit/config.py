@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from dsgd_jax.examples.data import TaskData
-from dsgd_jax.examples.train import TrainConfig, config_field
+from dsgd_jax.examples.train import TrainConfig, config_field, override_default
 from dsgd_jax.examples.vit import data as image_data
 from dsgd_jax.examples.vit import model as vit_model
 
@@ -57,10 +57,10 @@ class ResizeInputs(nnx.Module):
 class ViTExampleConfig(TrainConfig):
     """The shared loop's settings plus the ViT example's model and data."""
 
-    learning_rate: float = config_field(2e-3, "peak AdamW learning rate")
-    num_epochs: int = config_field(20, "epochs over the training split")
-    batch_size: int = config_field(32, "examples per micro-batch")
-    eval_batch_size: int = config_field(256, "examples per evaluation batch")
+    learning_rate: float = override_default(TrainConfig, "learning_rate", 2e-3)
+    num_epochs: int = override_default(TrainConfig, "num_epochs", 20)
+    batch_size: int = override_default(TrainConfig, "batch_size", 32)
+    eval_batch_size: int = override_default(TrainConfig, "eval_batch_size", 256)
     dataset: str = config_field("mnist_5k", "the image dataset", choices=DATASETS)
     imbalance: str = config_field("longtail", "imbalance of the training split", choices=IMBALANCE)
     ratio: float = config_field(100.0, "largest / smallest class size (>= 1)")
@@ -96,15 +96,6 @@ class ViTExampleConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name, value, choices in (
-            ("dataset", self.dataset, DATASETS),
-            ("imbalance", self.imbalance, IMBALANCE),
-            ("model", self.model, MODELS),
-            ("init", self.init, INITS),
-            ("dtype", self.dtype, tuple(DTYPES)),
-        ):
-            if value not in choices:
-                raise ValueError(f"{name}={value!r} is unknown; choose one of {choices}.")
         if self.ratio < 1:
             raise ValueError(
                 f"ratio={self.ratio} is below 1; it is the largest class size over the "
@@ -191,15 +182,15 @@ class ViTExampleConfig(TrainConfig):
 class PretrainConfig(ViTExampleConfig):
     """Pretraining: plain training from random weights on a whole balanced dataset."""
 
-    method: str = config_field("fft", "fft (plain training) or dsgd", choices=("fft", "dsgd"))
-    learning_rate: float = config_field(1e-3, "peak AdamW learning rate")
-    num_epochs: int = config_field(2, "epochs over the training split")
-    batch_size: int = config_field(128, "examples per micro-batch")
-    warmup_ratio: float = config_field(0.05, "share of optimizer updates spent warming up")
-    dataset: str = config_field("fashion_mnist", "the dataset to pretrain on", choices=DATASETS)
-    imbalance: str = config_field("none", "imbalance of the training split", choices=IMBALANCE)
-    ratio: float = config_field(1.0, "largest / smallest class size (>= 1)")
-    init: str = config_field("random", "where the body's weights come from", choices=INITS)
+    method: str = override_default(ViTExampleConfig, "method", "fft")
+    learning_rate: float = override_default(ViTExampleConfig, "learning_rate", 1e-3)
+    num_epochs: int = override_default(ViTExampleConfig, "num_epochs", 2)
+    batch_size: int = override_default(ViTExampleConfig, "batch_size", 128)
+    warmup_ratio: float = override_default(ViTExampleConfig, "warmup_ratio", 0.05)
+    dataset: str = override_default(ViTExampleConfig, "dataset", "fashion_mnist")
+    imbalance: str = override_default(ViTExampleConfig, "imbalance", "none")
+    ratio: float = override_default(ViTExampleConfig, "ratio", 1.0)
+    init: str = override_default(ViTExampleConfig, "init", "random")
 
     def default_workdir(self) -> Path:
         return Path("runs") / f"vit-pretrain-{self.dataset}-{self.model}"
