@@ -38,6 +38,7 @@ import dsgd_jax
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData, batches
 from dsgd_jax.examples.metrics import MetricsLog, classification_metrics
+from dsgd_jax.examples.nn import num_params
 
 __all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
 
@@ -330,7 +331,6 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
         log.path.unlink(missing_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     eval_metrics: dict[str, Any] | None = None
     epochs_done = first_epoch - 1
     try:
@@ -361,7 +361,7 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
         "seed": config.seed,
         "epochs": epochs_done,
         "finished": epochs_done == config.num_epochs,
-        "num_params": num_params,
+        "num_params": num_params(model),
         "wall_time_s": time.perf_counter() - start,
         **eval_metrics,
         "config": config.to_dict(),

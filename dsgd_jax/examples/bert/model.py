@@ -42,6 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dsgd_jax.examples.nn import check_config, float32_norm, from_preset
+from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
+
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -68,10 +71,7 @@ class BertConfig:
     hidden_act: str = "gelu"
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise ValueError(f"BertConfig.{f.name} must be a positive int, got {v!r}")
+        check_config(self, rates=("hidden_dropout_prob", "attention_probs_dropout_prob"))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
@@ -82,11 +82,6 @@ class BertConfig:
                 f"BertConfig.hidden_act={self.hidden_act!r} is not supported; "
                 f"use one of {sorted(_ACTIVATIONS)}"
             )
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> BertConfig:
@@ -113,9 +108,7 @@ class BertConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> BertConfig:
         """A named size: ``tiny``, ``minilm-l6`` (the defaults), ``base`` or ``large``."""
-        if name not in _PRESETS:
-            raise ValueError(f"unknown BERT preset {name!r}; choose one of {sorted(_PRESETS)}")
-        return dataclasses.replace(cls(**_PRESETS[name]), **overrides)
+        return from_preset(cls, _PRESETS, name, "BERT", **overrides)
 
 
 # fmt: off
@@ -143,11 +136,6 @@ def _layer_norm(config, rngs):
     return nnx.LayerNorm(config.hidden_size, epsilon=eps, dtype=jnp.float32, rngs=rngs)
 
 
-def _norm(layer_norm, x):
-    """LayerNorm in float32, result back in the compute dtype."""
-    return layer_norm(x.astype(jnp.float32)).astype(x.dtype)
-
-
 def _embed(n, config, rngs, dtype):
     init = nnx.initializers.normal(0.02)
     h = config.hidden_size
@@ -168,7 +156,7 @@ class BertEmbeddings(nnx.Module):
         positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(positions)[None]
-        return self.dropout(_norm(self.layer_norm, x), deterministic=rngs is None, rngs=rngs)
+        return self.dropout(float32_norm(self.layer_norm, x), deterministic=rngs is None, rngs=rngs)
 
 
 class BertLayer(nnx.Module):
@@ -202,10 +190,10 @@ class BertLayer(nnx.Module):
         probs = self.attention_dropout(probs, deterministic=det, rngs=rngs)
         context = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, seq, h)
         attn = self.hidden_dropout(self.attention_output(context), deterministic=det, rngs=rngs)
-        x = _norm(self.attention_layer_norm, x + attn)
+        x = float32_norm(self.attention_layer_norm, x + attn)
         y = self.output(_ACTIVATIONS[self.hidden_act](self.intermediate(x)))
         y = self.hidden_dropout(y, deterministic=det, rngs=rngs)
-        return _norm(self.output_layer_norm, x + y)
+        return float32_norm(self.output_layer_norm, x + y)
 
 
 class BertEncoder(nnx.Module):
@@ -268,11 +256,6 @@ class BertClassifier(nnx.Module):
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))
         pooled = self.dropout(pooled, deterministic=rngs is None, rngs=rngs)
         return self.classifier(pooled).astype(jnp.float32)
-
-
-def num_params(module: nnx.Module) -> int:
-    """Number of scalar parameters (elements of every ``nnx.Param``)."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")

@@ -42,6 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dsgd_jax.examples.nn import check_config, float32_norm, from_preset
+from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
@@ -59,10 +62,7 @@ class ViTConfig:
     layer_norm_eps: float = 1e-6
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise ValueError(f"ViTConfig.{f.name} must be a positive int, got {v!r}")
+        check_config(self, rates=("dropout_rate", "attention_dropout_rate"))
         if self.image_size % self.patch_size:
             near = max(self.image_size // self.patch_size, 1) * self.patch_size
             raise ValueError(
@@ -75,11 +75,6 @@ class ViTConfig:
                 f"ViTConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
-        for name in ("dropout_rate", "attention_dropout_rate"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"ViTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
 
     @property
     def grid_size(self) -> int:
@@ -93,9 +88,7 @@ class ViTConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> ViTConfig:
         """A named size: ``tiny``, ``small`` (the defaults) or ``b16`` (ViT-B/16 at 224)."""
-        if name not in _PRESETS:
-            raise ValueError(f"unknown ViT preset {name!r}; choose one of {sorted(_PRESETS)}")
-        return dataclasses.replace(cls(**_PRESETS[name]), **overrides)
+        return from_preset(cls, _PRESETS, name, "ViT", **overrides)
 
 
 # fmt: off
@@ -128,11 +121,6 @@ def _layer_norm(config, rngs):
     return nnx.LayerNorm(config.hidden_size, epsilon=eps, dtype=jnp.float32, rngs=rngs)
 
 
-def _norm(layer_norm, x):
-    """LayerNorm in float32, result back in the compute dtype."""
-    return layer_norm(x.astype(jnp.float32)).astype(x.dtype)
-
-
 class EncoderBlock(nnx.Module):
     """Pre-LayerNorm block: x + attention(LN(x)), then x + MLP(LN(x))."""
 
@@ -153,7 +141,7 @@ class EncoderBlock(nnx.Module):
         """``x``: [B, N, D] in the compute dtype."""
         det = rngs is None
         b, n, d = x.shape
-        y = _norm(self.ln1, x)
+        y = float32_norm(self.ln1, x)
         split = (b, n, self.num_heads, d // self.num_heads)
         q, k, v = (m(y).reshape(split) for m in (self.query, self.key, self.value))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -162,7 +150,7 @@ class EncoderBlock(nnx.Module):
         probs = self.attention_dropout(probs, deterministic=det, rngs=rngs)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
         x = x + self.dropout(self.out(context), deterministic=det, rngs=rngs)
-        y = jax.nn.gelu(self.fc1(_norm(self.ln2, x)), approximate=True)
+        y = jax.nn.gelu(self.fc1(float32_norm(self.ln2, x)), approximate=True)
         y = self.fc2(self.dropout(y, deterministic=det, rngs=rngs))
         return x + self.dropout(y, deterministic=det, rngs=rngs)
 
@@ -207,7 +195,7 @@ class ViT(nnx.Module):
         x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
         for block in self.blocks:
             x = block(x, rngs=rngs)
-        x = _norm(self.encoder_norm, x)
+        x = float32_norm(self.encoder_norm, x)
         return self.head(x[:, 0]).astype(jnp.float32)
 
 
@@ -216,11 +204,6 @@ def with_new_head(model: ViT, num_classes: int, *, rngs: nnx.Rngs) -> ViT:
     new = nnx.clone(model)
     new.head = _head(model.config.hidden_size, num_classes, rngs, model.dtype)
     return new
-
-
-def num_params(module: nnx.Module) -> int:
-    """Number of scalar parameters (elements of every ``nnx.Param``)."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 def _grid_of(pos_embedding) -> int | None:

@@ -1,0 +1,46 @@
+"""Pieces the examples' NNX models share: config checks, presets, float32 LayerNorm."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = ["check_config", "float32_norm", "from_preset", "num_params"]
+
+
+def check_config(config: Any, *, rates: Sequence[str]) -> None:
+    """ValueError unless every int field is positive, each of ``rates`` is in [0, 1)
+    and ``layer_norm_eps`` is positive; messages name ``Class.field``."""
+    kind = type(config).__name__
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise ValueError(f"{kind}.{f.name} must be a positive int, got {v!r}")
+    for name in rates:
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{kind}.{name} must be in [0, 1), got {getattr(config, name)}")
+    if not config.layer_norm_eps > 0:
+        raise ValueError(f"{kind}.layer_norm_eps must be > 0, got {config.layer_norm_eps}")
+
+
+def from_preset(cls: type, presets: Mapping[str, dict], name: str, label: str, **overrides):
+    """``cls`` built from the preset ``name`` of ``presets``, then ``overrides``."""
+    if name not in presets:
+        raise ValueError(f"unknown {label} preset {name!r}; choose one of {sorted(presets)}")
+    return dataclasses.replace(cls(**presets[name]), **overrides)
+
+
+def float32_norm(layer_norm: nnx.LayerNorm, x: jax.Array) -> jax.Array:
+    """LayerNorm in float32, result back in the compute dtype."""
+    return layer_norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def num_params(module: nnx.Module) -> int:
+    """Number of scalar parameters (elements of every ``nnx.Param``)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
