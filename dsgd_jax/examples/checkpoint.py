@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["open_manager", "restore", "save"]
+__all__ = ["latest_model_tree", "open_manager", "restore", "save"]
 
 _SAVED = nnx.Not(nnx.RngState)
 
@@ -57,3 +57,15 @@ def restore(
         state = nnx.state(obj, _SAVED)
         nnx.replace_by_pure_dict(state, restored[key])
         nnx.update(obj, state)
+
+
+def latest_model_tree(directory: str | Path) -> dict[str, Any]:
+    """The model part (nested dicts of arrays) of the newest checkpoint in ``directory``."""
+    manager = ocp.CheckpointManager(Path(directory).absolute())
+    try:
+        epoch = manager.latest_step()
+        if epoch is None:
+            raise FileNotFoundError(f"{directory} holds no checkpoint.")
+        return manager.restore(epoch)["model"]
+    finally:
+        manager.close()

@@ -25,9 +25,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.train import TrainConfig, config_field, override_default
 from dsgd_jax.examples.vit import data as image_data
@@ -150,27 +150,19 @@ class ViTExampleConfig(TrainConfig):
                 f"{saved.get('image_size', 0)}; fine-tune with the same --model and "
                 "--image_size, or pass another --pretrain_workdir."
             )
-        manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
-        try:
-            tree = manager.restore(manager.latest_step())["model"]
-        finally:
-            manager.close()
+        tree = ckpt.latest_model_tree(workdir / "checkpoints")
         if "model" in tree and "head" not in tree:  # saved behind ResizeInputs
             tree = tree["model"]
         pretrained_classes = int(np.shape(tree["head"]["bias"])[0])
-        pretrained_config = dataclasses.replace(
-            config, num_channels=int(np.shape(tree["embedding"]["kernel"])[2])
-        )
-        if pretrained_config.num_channels != config.num_channels:
+        pretrained_channels = int(np.shape(tree["embedding"]["kernel"])[2])
+        if pretrained_channels != config.num_channels:
             raise ValueError(
-                f"The pretrained ViT takes {pretrained_config.num_channels}-channel images "
+                f"The pretrained ViT takes {pretrained_channels}-channel images "
                 f"but {self.dataset} has {config.num_channels}; use --init=random or "
                 "pretrain on a dataset with the same channels."
             )
         model = nnx.eval_shape(
-            lambda: vit_model.ViT(
-                pretrained_config, pretrained_classes, rngs=nnx.Rngs(0), dtype=dtype
-            )
+            lambda: vit_model.ViT(config, pretrained_classes, rngs=nnx.Rngs(0), dtype=dtype)
         )
         state = nnx.state(model)
         nnx.replace_by_pure_dict(state, tree)
