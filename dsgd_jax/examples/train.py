@@ -11,7 +11,9 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
 - ``method="fft"`` (plain fine-tuning: every example weighs 1) or
   ``method="dsgd"`` (correct examples weigh lambda(t), read off the optimizer's
   update count with :func:`dsgd_jax.step_count`, so lambda counts optimizer
-  updates, not micro-batches);
+  updates, not micro-batches), or one of the paper's baselines from
+  :mod:`dsgd_jax.examples.baselines` (``focal``, ``pcgrad``, ``noisytune``,
+  ``lnsr``, ``swa``, ``lora``);
 - fixed-shape padded batches with a validity mask, ``nnx.jit`` steps, dropout
   keys folded from the seed and the step, data order from the seed and the epoch;
 - evaluation after every epoch, a tqdm bar, JSON-lines metrics, an orbax
@@ -21,12 +23,13 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +38,7 @@ import optax
 from flax import nnx
 
 import dsgd_jax
+from dsgd_jax.examples import baselines
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData, batches
 from dsgd_jax.examples.metrics import MetricsLog, classification_metrics
@@ -42,7 +46,7 @@ from dsgd_jax.examples.nn import num_params
 
 __all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
 
-METHODS = ("fft", "dsgd")
+METHODS = ("fft", "dsgd", "focal", "pcgrad", "noisytune", "lnsr", "swa", "lora")
 SCALERS = ("linear", "cosine", "descending", "constant")
 
 # Fields that may differ between a run and its resumption.
@@ -67,7 +71,9 @@ def override_default(base: type, name: str, default):
 class TrainConfig:
     """Settings of the shared loop; examples subclass it with model and data fields."""
 
-    method: str = config_field("dsgd", "fft (plain fine-tuning) or dsgd", choices=METHODS)
+    method: str = config_field(
+        "dsgd", "fft (plain fine-tuning), dsgd, or a baseline of the paper", choices=METHODS
+    )
     scaler: str = config_field("linear", "lambda(t) schedule for dsgd", choices=SCALERS)
     beta: float = config_field(1.0, "final lambda (the constant for scaler=constant)")
     learning_rate: float = config_field(5e-5, "peak AdamW learning rate")
@@ -88,6 +94,20 @@ class TrainConfig:
     resume: bool = config_field(False, "continue from the last checkpoint in the workdir")
     stop_after_epochs: int = config_field(0, "stop (resumably) after this many epochs; 0 = run all")
     progress: bool = config_field(True, "show a progress bar")
+    focal_alpha: float = config_field(0.25, "focal: weight alpha of -alpha (1 - p_t)^gamma log p_t")
+    focal_gamma: float = config_field(2.0, "focal: focusing exponent gamma")
+    focal_form: str = config_field(
+        "softmax", "focal: softmax (multi-class) or sigmoid (one-vs-all)",
+        choices=("softmax", "sigmoid"),
+    )  # fmt: skip
+    noisytune_lambda: float = config_field(0.15, "noisytune: noise scale relative to std(W)")
+    lnsr_sigma: float = config_field(0.01, "lnsr: std of the Gaussian noise on the head's inputs")
+    lnsr_weight_first: float = config_field(0.2, "lnsr: penalty weight, noise before 2nd-last")
+    lnsr_weight_last: float = config_field(0.1, "lnsr: penalty weight, noise before the last layer")
+    swa_start: float = config_field(0.75, "swa: share of optimizer updates before averaging starts")
+    swa_every: int = config_field(1, "swa: optimizer updates between averaged snapshots")
+    lora_rank: int = config_field(8, "lora: rank of the adapters on attention query/value")
+    lora_alpha: float = config_field(16.0, "lora: the adapters' output is scaled by alpha / rank")
 
     def load_data(self) -> TaskData:
         """The task to train on (examples override this)."""
@@ -138,13 +158,26 @@ class TrainConfig:
             )
         if self.method == "dsgd":
             self.make_scaler(1)  # beta checks live in the core scalers
+        if self.focal_gamma < 0 or not 0 <= self.focal_alpha <= 1:
+            raise ValueError("focal_gamma must be >= 0 and focal_alpha in [0, 1].")
+        if self.noisytune_lambda < 0 or self.lnsr_sigma < 0:
+            raise ValueError("noisytune_lambda and lnsr_sigma must be >= 0.")
+        if self.lnsr_weight_first < 0 or self.lnsr_weight_last < 0:
+            raise ValueError("lnsr_weight_first and lnsr_weight_last must be >= 0.")
+        if not 0 <= self.swa_start < 1 or self.swa_every < 1:
+            raise ValueError(
+                f"swa_start must be in [0, 1) and swa_every >= 1, got {self.swa_start}, "
+                f"{self.swa_every}."
+            )
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise ValueError("lora_rank must be >= 1 and lora_alpha > 0.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def make_scaler(self, total_updates: int) -> Callable[[jax.Array], jax.Array]:
-        """lambda(t) for ``method="dsgd"``; the constant 1 for ``method="fft"``."""
-        if self.method == "fft":
+        """lambda(t) for ``method="dsgd"``; the constant 1 for every other method."""
+        if self.method != "dsgd":
             return lambda count: jnp.ones((), jnp.float32)
         if self.scaler == "constant":
             return dsgd_jax.constant_scaler(self.beta)
@@ -171,62 +204,153 @@ def make_optimizer(config: TrainConfig, total_updates: int) -> optax.GradientTra
         weight_decay=config.weight_decay,
         mask=lambda params: jax.tree.map(lambda p: jnp.ndim(p) > 1, params),
     )
-    tx = adamw
+    parts = [adamw]
     if config.max_grad_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+        parts.insert(0, optax.clip_by_global_norm(config.max_grad_norm))
+    if config.method == "swa":  # last in the chain: it averages the updated parameters
+        parts.append(baselines.swa(round(config.swa_start * total_updates), config.swa_every))
+    tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
     if config.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
     return tx
 
 
-_dsgd_loss = dsgd_jax.make_dsgd_loss(
-    optax.softmax_cross_entropy_with_integer_labels, dsgd_jax.argmax_correct, has_aux=True
-)
+_CE = optax.softmax_cross_entropy_with_integer_labels
+
+
+def _per_example_loss(config: TrainConfig) -> Callable[..., jax.Array]:
+    if config.method != "focal":
+        return _CE
+    focal = {
+        "softmax": baselines.softmax_focal_loss,
+        "sigmoid": baselines.sigmoid_focal_loss,
+    }[config.focal_form]
+    return functools.partial(focal, alpha=config.focal_alpha, gamma=config.focal_gamma)
 
 
 def _per_example(model, inputs, labels, key):
     logits = model(inputs, rngs=nnx.Rngs(dropout=key))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return losses, dsgd_jax.argmax_correct(logits, labels)
+    return _CE(logits, labels), dsgd_jax.argmax_correct(logits, labels)
 
 
-def make_steps(scale_fn: Callable[[jax.Array], jax.Array]):
-    """The jitted train, conflict and predict steps for one scaler."""
+def _needs_head(model: nnx.Module, method: str) -> None:
+    missing = [a for a in ("features", "classify", "head_name") if not hasattr(model, a)]
+    if missing:
+        raise ValueError(
+            f"method={method!r} needs a model with features(), classify() and head_name "
+            f"(as the BERT and ViT examples' models have); {type(model).__name__} lacks "
+            f"{', '.join(missing)}."
+        )
 
-    @nnx.jit
-    def train_step(model, optimizer, inputs, labels, valid, key):
-        scale = scale_fn(dsgd_jax.step_count(optimizer.opt_state))
 
-        def loss_fn(model):
+def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx.filterlib.Filter:
+    """Applies the method's one-off change to a freshly built ``model`` (in place).
+
+    NoisyTune perturbs the weights; LoRA wraps attention query/value in adapters.
+    Returns the filter of the variables the optimizer trains.
+    """
+    if config.method in ("lnsr", "lora"):
+        _needs_head(model, config.method)
+    if config.method == "noisytune":
+        baselines.noisytune_model(model, key, noise_lambda=config.noisytune_lambda)
+    if config.method == "lora":
+        baselines.add_lora(
+            model, rank=config.lora_rank, alpha=config.lora_alpha, rngs=nnx.Rngs(params=key)
+        )
+        return baselines.lora_trainable(model.head_name)
+    return nnx.Param
+
+
+class Steps(NamedTuple):
+    """The raw (not yet jitted) steps of one run; see :func:`make_steps`."""
+
+    train: Callable[..., dict[str, jax.Array]]
+    conflict: Callable[..., dict[str, jax.Array]]
+    predict: Callable[..., jax.Array]
+
+
+def make_steps(config: TrainConfig, total_updates: int, wrt=nnx.Param) -> Steps:
+    """The train, conflict and predict steps of ``config.method``.
+
+    ``train(model, optimizer, inputs, labels, valid, key)`` updates in place and
+    returns loss, lambda and fraction correct; ``conflict`` measures
+    :func:`dsgd_jax.gradient_conflict` without updating; ``predict(model,
+    optimizer, inputs)`` gives argmax predictions (with the SWA average for
+    ``method="swa"`` once it holds a snapshot). Wrap them in ``nnx.jit``, or
+    split the model for ``jax.vmap`` over seeds.
+    """
+    scale_fn = config.make_scaler(total_updates)
+    loss = dsgd_jax.make_dsgd_loss(_per_example_loss(config), dsgd_jax.argmax_correct, has_aux=True)
+    lnsr_weights = (config.lnsr_weight_first, config.lnsr_weight_last)
+
+    def model_loss(model, inputs, labels, valid, key, scale):
+        if config.method != "lnsr":
             logits = model(inputs, rngs=nnx.Rngs(dropout=key))
-            return _dsgd_loss(logits, labels, scale=scale, where=valid)
+            return loss(logits, labels, scale=scale, where=valid)
+        features = model.features(inputs, rngs=nnx.Rngs(dropout=key))
+        head_key, noise_key = jax.random.split(jax.random.fold_in(key, 1))
 
-        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
-        return {"loss": loss, "lambda": scale, "fraction_correct": aux.fraction_correct}
+        def head(f, noise):  # the same dropout mask for the clean and the noisy passes
+            return model.classify(f, rngs=nnx.Rngs(dropout=head_key), noise=noise)
 
-    @nnx.jit
-    def conflict_step(model, optimizer, inputs, labels, valid, key):
+        value, aux = loss(head(features, (None, None)), labels, scale=scale, where=valid)
+        penalty = baselines.lnsr_penalty(
+            head, features, noise_key, sigma=config.lnsr_sigma, weights=lnsr_weights, where=valid
+        )
+        return value + penalty, aux
+
+    def train(model, optimizer, inputs, labels, valid, key):
         scale = scale_fn(dsgd_jax.step_count(optimizer.opt_state))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        if config.method == "pcgrad":
+            graphdef, params, rest = nnx.split(model, wrt, ...)
+
+            def per_example(params):
+                return _per_example(nnx.merge(graphdef, params, rest), inputs, labels, key)
+
+            value, grads, aux = baselines.pcgrad_value_and_grad(per_example, params, where=valid)
+            fraction = aux["fraction_correct"]
+        else:
+            (value, aux), grads = nnx.value_and_grad(
+                model_loss, argnums=nnx.DiffState(0, wrt), has_aux=True
+            )(model, inputs, labels, valid, key, scale)
+            fraction = aux.fraction_correct
+        optimizer.update(model, grads)
+        return {"loss": value, "lambda": scale, "fraction_correct": fraction}
+
+    def conflict(model, optimizer, inputs, labels, valid, key):
+        scale = scale_fn(dsgd_jax.step_count(optimizer.opt_state))
+        graphdef, params, rest = nnx.split(model, wrt, ...)
 
         def loss_fn(params):
             return _per_example(nnx.merge(graphdef, params, rest), inputs, labels, key)
 
         return dsgd_jax.gradient_conflict(loss_fn, params, scale=scale, where=valid)._asdict()
 
-    @nnx.jit
-    def predict_step(model, inputs):
+    def predict(model, optimizer, inputs):
+        if config.method == "swa":
+            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+            mean = baselines.swa_params(optimizer.opt_state)
+            use = baselines.swa_count(optimizer.opt_state) > 0
+            averaged = jax.tree.map(
+                lambda p, m: jnp.where(use, m, p), nnx.to_pure_dict(params), nnx.to_pure_dict(mean)
+            )
+            nnx.replace_by_pure_dict(params, averaged)
+            model = nnx.merge(graphdef, params, rest)
         return jnp.argmax(model(inputs), axis=-1)
 
-    return train_step, conflict_step, predict_step
+    return Steps(train, conflict, predict)
 
 
-def _evaluate(predict_step, model, data: TaskData, config: TrainConfig) -> dict[str, Any]:
-    predictions = []
+def test_predictions(predict: Callable[[Any], jax.Array], data: TaskData, config) -> np.ndarray:
+    """``predict(inputs)`` over the test split: [N], or [S, N] for S vmapped seeds."""
+    chunks = []
     for inputs, _, valid in batches(data.test, config.eval_batch_size):
-        predictions.append(np.asarray(predict_step(model, inputs))[valid])
-    predictions = np.concatenate(predictions)
+        chunks.append(np.asarray(predict(inputs))[..., valid])
+    return np.concatenate(chunks, axis=-1)
+
+
+def evaluation(predictions: np.ndarray, data: TaskData, config: TrainConfig) -> dict[str, Any]:
+    """Test metrics of one run's predictions, with the predictions themselves."""
     metrics = classification_metrics(
         data.test.labels,
         predictions,
@@ -237,7 +361,7 @@ def _evaluate(predict_step, model, data: TaskData, config: TrainConfig) -> dict[
     return metrics
 
 
-def _check_finite(records: list[dict[str, Any]], last_saved: int) -> None:
+def check_finite(records: list[dict[str, Any]], last_saved: int) -> None:
     for record in records:
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(
@@ -248,7 +372,7 @@ def _check_finite(records: list[dict[str, Any]], last_saved: int) -> None:
             )
 
 
-def _progress(config: TrainConfig, total: int, epoch: int):
+def progress_bar(config: TrainConfig, total: int, epoch: int):
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -295,22 +419,42 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, An
         return _train(config, workdir)
 
 
-def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
-    start = time.perf_counter()
+def check_workdir(config: TrainConfig, workdir: Path):
+    """Opens the checkpoint manager of ``workdir`` (or None) and the epoch to resume from.
+
+    Refuses a workdir holding checkpoints unless ``config.resume``, and a resume
+    with changed settings.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     manager = ckpt.open_manager(workdir / "checkpoints") if config.save_checkpoints else None
     last_saved = manager.latest_step() if manager is not None else None
     if last_saved is not None and not config.resume:
+        manager.close()
         raise FileExistsError(
             f"{workdir} already holds checkpoints up to epoch {last_saved}. Pass --resume "
             "to continue that run, or choose a new --workdir."
         )
     if config.resume:
         _check_resume_config(config, workdir)
+    return manager, (last_saved if config.resume else None)
 
-    data = config.load_data()
+
+class Run(NamedTuple):
+    """A freshly initialised run: model, optimizer and what the loop needs."""
+
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    wrt: Any
+    steps_per_epoch: int
+    total_updates: int
+    dropout_key: jax.Array
+
+
+def build_run(config: TrainConfig, data: TaskData) -> Run:
+    """The model (with the method's one-off change) and optimizer of ``config.seed``."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     model = config.build_model(data, nnx.Rngs(params=init_key, dropout=init_key))
+    wrt = prepare_model(config, model, jax.random.fold_in(init_key, 1))
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total_updates = steps_per_epoch * config.num_epochs // config.grad_accum_steps
     if total_updates < 1:
@@ -318,18 +462,57 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
             f"grad_accum_steps={config.grad_accum_steps} exceeds the {steps_per_epoch} "
             f"micro-batches of {config.num_epochs} epoch(s); lower it or train longer."
         )
-    optimizer = nnx.Optimizer(model, make_optimizer(config, total_updates), wrt=nnx.Param)
-    train_step, conflict_step, predict_step = make_steps(config.make_scaler(total_updates))
+    optimizer = nnx.Optimizer(model, make_optimizer(config, total_updates), wrt=wrt)
+    return Run(model, optimizer, wrt, steps_per_epoch, total_updates, dropout_key)
 
+
+def start_log(workdir: Path, config: TrainConfig, resumed_from: int | None) -> MetricsLog:
+    """The metrics log, truncated to the resumed epoch (or emptied), and config.json."""
     log = MetricsLog(workdir / "metrics.jsonl")
-    first_epoch = 1
-    if config.resume and last_saved is not None:
-        ckpt.restore(manager, last_saved, model, optimizer)
-        log.truncate_after(last_saved)
-        first_epoch = last_saved + 1
+    if resumed_from is not None:
+        log.truncate_after(resumed_from)
     else:
         log.path.unlink(missing_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return log
+
+
+def write_summary(workdir, config, run: Run, model, epochs_done, wall, metrics):
+    """Writes and returns ``summary.json`` of one run."""
+    summary = {
+        "method": config.method,
+        "task": config.task_name,
+        "seed": config.seed,
+        "epochs": epochs_done,
+        "finished": epochs_done == config.num_epochs,
+        "num_params": num_params(model),
+        "num_trainable": sum(x.size for x in jax.tree.leaves(nnx.state(model, run.wrt))),
+        "wall_time_s": wall,
+        **metrics,
+        "config": config.to_dict(),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    manager, last_saved = check_workdir(config, workdir)
+    data = config.load_data()
+    run = build_run(config, data)
+    model, optimizer = run.model, run.optimizer
+    steps = make_steps(config, run.total_updates, run.wrt)
+    train_step, conflict_step, predict_step = (nnx.jit(f) for f in steps)
+
+    first_epoch = 1
+    if last_saved is not None:
+        ckpt.restore(manager, last_saved, model, optimizer)
+        first_epoch = last_saved + 1
+    log = start_log(workdir, config, last_saved)
+
+    def evaluate():
+        predictions = test_predictions(lambda x: predict_step(model, optimizer, x), data, config)
+        return evaluation(predictions, data, config)
 
     eval_metrics: dict[str, Any] | None = None
     epochs_done = first_epoch - 1
@@ -337,11 +520,11 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
         for epoch in range(first_epoch, config.num_epochs + 1):
             _run_epoch(
                 config, epoch, data, model, optimizer, (train_step, conflict_step),
-                dropout_key, log, steps_per_epoch, last_saved or 0,
+                run.dropout_key, log, run.steps_per_epoch, last_saved or 0,
             )  # fmt: skip
-            eval_metrics = _evaluate(predict_step, model, data, config)
+            eval_metrics = evaluate()
             log.write([{"kind": "epoch", "epoch": epoch, **_without(eval_metrics, "predictions")}])
-            _check_params_finite(model, epoch)
+            check_params_finite(model, epoch)
             if manager is not None:
                 ckpt.save(manager, epoch, model, optimizer)
                 last_saved = epoch
@@ -354,27 +537,16 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
             manager.close()
 
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
-        eval_metrics = _evaluate(predict_step, model, data, config)
-    summary = {
-        "method": config.method,
-        "task": config.task_name,
-        "seed": config.seed,
-        "epochs": epochs_done,
-        "finished": epochs_done == config.num_epochs,
-        "num_params": num_params(model),
-        "wall_time_s": time.perf_counter() - start,
-        **eval_metrics,
-        "config": config.to_dict(),
-    }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        eval_metrics = evaluate()
+    wall = time.perf_counter() - start
+    return write_summary(workdir, config, run, model, epochs_done, wall, eval_metrics)
 
 
 def _without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k not in keys}
 
 
-def _check_params_finite(model: nnx.Module, epoch: int) -> None:
+def check_params_finite(model: nnx.Module, epoch: int) -> None:
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     if not all(bool(jnp.all(jnp.isfinite(p))) for p in leaves):
         raise FloatingPointError(
@@ -387,14 +559,14 @@ def _run_epoch(config, epoch, data, model, optimizer, steps, dropout_key, log, t
     train_step, conflict_step = steps
     order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
     pending: list[tuple[int, dict[str, jax.Array]]] = []
-    bar = _progress(config, total, epoch)
+    bar = progress_bar(config, total, epoch)
 
     def flush():
         records = [
             {"kind": "step", "epoch": epoch, "step": s, **{k: float(v) for k, v in m.items()}}
             for s, m in jax.device_get(pending)
         ]
-        _check_finite(records, saved)
+        check_finite(records, saved)
         log.write(records)
         if records:
             last = records[-1]

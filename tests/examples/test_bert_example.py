@@ -55,7 +55,7 @@ def test_unknown_method_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--method=sgd"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'sgd' (choose from 'fft', 'dsgd')" in capsys.readouterr().err
+    assert "invalid choice: 'sgd' (choose from 'fft', 'dsgd', 'focal'," in capsys.readouterr().err
 
 
 def test_max_length_above_the_models_positions(tmp_path, capsys):

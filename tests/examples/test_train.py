@@ -6,54 +6,15 @@ import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
+from _toy import ToyConfig
+from _toy import config as _config
 
 from dsgd_jax.examples import metrics as metrics_lib
-from dsgd_jax.examples.data import ArraySplit, TaskData, batches
-from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
-
-
-class ToyMLP(nnx.Module):
-    def __init__(self, num_features, num_classes, *, rngs):
-        self.hidden = nnx.Linear(num_features, 16, rngs=rngs)
-        self.dropout = nnx.Dropout(0.2)
-        self.out = nnx.Linear(16, num_classes, rngs=rngs)
-
-    def __call__(self, inputs, *, rngs=None):
-        h = jnp.tanh(self.hidden(inputs["x"]))
-        h = self.dropout(h, deterministic=rngs is None, rngs=rngs)
-        return self.out(h)
-
-
-@dataclasses.dataclass
-class ToyConfig(TrainConfig):
-    task: str = "toy"
-    num_train: int = 50
-    poison: bool = False  # an infinite input, to make the loss NaN
-
-    def load_data(self):
-        rng = np.random.default_rng(0)
-
-        def split(n):
-            y = rng.integers(0, 3, n)
-            x = rng.normal(size=(n, 4)).astype(np.float32) + y[:, None].astype(np.float32)
-            if self.poison:
-                x[3] = np.inf
-            return ArraySplit({"x": x}, y)
-
-        return TaskData(split(self.num_train), split(30), ("a", "b", "c"))
-
-    def build_model(self, data, rngs):
-        return ToyMLP(4, data.num_classes, rngs=rngs)
-
-
-def _config(**overrides):
-    base = dict(num_epochs=2, batch_size=8, learning_rate=1e-2, progress=False, log_every=3)
-    return ToyConfig(**{**base, **overrides})
+from dsgd_jax.examples.data import ArraySplit, batches
+from dsgd_jax.examples.train import train_and_evaluate
 
 
 def _records(workdir, kind):
@@ -145,7 +106,7 @@ def test_nan_loss_stops_training_without_a_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"method": "sgd"}, r"method='sgd' is unknown; choose one of \('fft', 'dsgd'\)"),
+        ({"method": "sgd"}, r"method='sgd' is unknown; choose one of \('fft', 'dsgd', 'focal', "),
         ({"scaler": "exp"}, "scaler='exp' is unknown"),
         ({"beta": 1.5}, "beta must be in"),
         ({"batch_size": 0}, "batch_size must be >= 1"),

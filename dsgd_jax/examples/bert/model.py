@@ -230,7 +230,15 @@ class BertEncoder(nnx.Module):
 
 
 class BertClassifier(nnx.Module):
-    """Encoder, then [CLS] hidden -> pooler (Linear, tanh) -> dropout -> Linear head."""
+    """Encoder, then [CLS] hidden -> pooler (Linear, tanh) -> dropout -> Linear head.
+
+    ``__call__`` is ``classify(features(inputs))``; the split lets a penalty such as LNSR
+    (:func:`dsgd_jax.examples.baselines.lnsr_penalty`) perturb the inputs of the pooler
+    and of the classifier, and ``head_name`` names the freshly initialised layer that
+    LoRA fine-tuning keeps trainable.
+    """
+
+    head_name = "classifier"
 
     def __init__(
         self,
@@ -250,12 +258,47 @@ class BertClassifier(nnx.Module):
 
     def __call__(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
         """Float32 logits [B, num_classes]; dropout is on iff ``rngs`` is given."""
+        return self.classify(self.features(inputs, rngs=rngs), rngs=rngs)
+
+    def features(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
+        """The encoder's last hidden state of the [CLS] token, [B, H] in the compute dtype."""
         hidden = self.encoder(
             inputs["input_ids"], inputs.get("token_type_ids"), inputs["attention_mask"], rngs=rngs
         )
-        pooled = jnp.tanh(self.pooler(hidden[:, 0]))
+        return hidden[:, 0]
+
+    def classify(self, features: jax.Array, *, rngs: nnx.Rngs | None = None, noise=(None, None)):
+        """Float32 logits [B, num_classes] of :meth:`features`' output.
+
+        ``noise[0]`` (or None) is added to the pooler's input, ``noise[1]`` (or None) to
+        the classifier's input, after dropout; both are cast to the compute dtype.
+        """
+        noise_pooler, noise_classifier = _check_noise(noise)
+        x = _add_noise(features, noise_pooler)
+        pooled = jnp.tanh(self.pooler(x))
         pooled = self.dropout(pooled, deterministic=rngs is None, rngs=rngs)
-        return self.classifier(pooled).astype(jnp.float32)
+        return self.classifier(_add_noise(pooled, noise_classifier)).astype(jnp.float32)
+
+
+def _check_noise(noise):
+    """``noise`` as a pair, or ValueError."""
+    if not isinstance(noise, (tuple, list)) or len(noise) != 2:
+        raise ValueError(
+            f"noise must be a pair (noise at the pooler's input, noise at the classifier's "
+            f"input), each None or an array; got {noise!r}"
+        )
+    return noise
+
+
+def _add_noise(x, noise):
+    if noise is None:
+        return x
+    noise = jnp.asarray(noise)
+    if noise.shape != x.shape:
+        raise ValueError(
+            f"head noise has shape {noise.shape}, expected {x.shape} (the layer input's shape)"
+        )
+    return x + noise.astype(x.dtype)
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")

@@ -41,16 +41,35 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class ResizeInputs(nnx.Module):
-    """Resizes ``inputs["image"]`` to the model's image size before calling it."""
+    """Resizes ``inputs["image"]`` to the model's image size before calling it.
+
+    ``features`` resizes, then runs the wrapped ViT's ``features``; ``classify`` and
+    ``head_name`` are the wrapped model's (LNSR and LoRA use them).
+    """
 
     def __init__(self, model: vit_model.ViT):
         self.model = model
 
-    def __call__(self, inputs, *, rngs=None):
+    @property
+    def head_name(self) -> str:
+        return self.model.head_name
+
+    def classify(self, features, *, rngs=None, noise=(None, None)):
+        """The wrapped ViT's ``classify``."""
+        return self.model.classify(features, rngs=rngs, noise=noise)
+
+    def _resize(self, inputs):
         image = inputs["image"]
         size = self.model.config.image_size
         image = jax.image.resize(image, (image.shape[0], size, size, image.shape[-1]), "bilinear")
-        return self.model({**inputs, "image": image}, rngs=rngs)
+        return {**inputs, "image": image}
+
+    def __call__(self, inputs, *, rngs=None):
+        return self.model(self._resize(inputs), rngs=rngs)
+
+    def features(self, inputs, *, rngs=None):
+        """The wrapped ViT's features of the resized images."""
+        return self.model.features(self._resize(inputs), rngs=rngs)
 
 
 @dataclasses.dataclass

@@ -156,7 +156,14 @@ class EncoderBlock(nnx.Module):
 
 
 class ViT(nnx.Module):
-    """Vision Transformer classifier; float32 logits from the class token."""
+    """Vision Transformer classifier; float32 logits from the class token.
+
+    ``__call__`` equals ``classify(features(inputs))``: :meth:`features` is the class
+    token after the last block, and :meth:`classify` applies encoder_norm and the
+    classifier ``head`` (an ``nnx.Linear``, named by ``head_name``).
+    """
+
+    head_name = "head"
 
     def __init__(self, config: ViTConfig, num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.config, self.dtype = config, dtype
@@ -177,6 +184,18 @@ class ViT(nnx.Module):
     def __call__(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
         """Float32 logits [B, num_classes] of ``inputs["image"]`` (float [B, H, W, C],
         already normalised); dropout is on iff ``rngs`` is given."""
+        # The same function as head(features(inputs)) (encoder_norm is token-wise), kept
+        # as the program it always was: under jit, bfloat16 rounding differs between the two.
+        x = float32_norm(self.encoder_norm, self._tokens(inputs, rngs=rngs))
+        return self.head(x[:, 0]).astype(jnp.float32)
+
+    def features(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
+        """The class token after the last encoder block, before encoder_norm: [B, D] in
+        the compute dtype."""
+        return self._tokens(inputs, rngs=rngs)[:, 0]
+
+    def _tokens(self, inputs, *, rngs=None):
+        """All tokens after the last encoder block, [B, 1 + N, D]."""
         c = self.config
         image = jnp.asarray(inputs["image"])
         expected = (c.image_size, c.image_size, c.num_channels)
@@ -195,8 +214,35 @@ class ViT(nnx.Module):
         x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
         for block in self.blocks:
             x = block(x, rngs=rngs)
-        x = float32_norm(self.encoder_norm, x)
-        return self.head(x[:, 0]).astype(jnp.float32)
+        return x
+
+    def classify(self, features: jax.Array, *, rngs: nnx.Rngs | None = None, noise=(None, None)):
+        """Float32 logits [B, num_classes] of :meth:`features`.
+
+        ``noise[0]`` (or None) is added to encoder_norm's input, ``noise[1]`` (or None)
+        to the classifier's input; both are cast to the compute dtype. encoder_norm is
+        token-wise, so normalising the class token alone equals normalising all tokens.
+        ``rngs`` is accepted for symmetry with BERT's classify (there is no dropout here).
+        """
+        del rngs
+        if not isinstance(noise, (tuple, list)) or len(noise) != 2:
+            raise ValueError(
+                "noise must be a pair (noise at encoder_norm's input, noise at the head's "
+                f"input), each None or an array; got {noise!r}"
+            )
+        x = float32_norm(self.encoder_norm, _add_noise(features, noise[0]))
+        return self.head(_add_noise(x, noise[1])).astype(jnp.float32)
+
+
+def _add_noise(x, noise):
+    if noise is None:
+        return x
+    noise = jnp.asarray(noise)
+    if noise.shape != x.shape:
+        raise ValueError(
+            f"head noise has shape {noise.shape}, expected {x.shape} (the layer input's shape)"
+        )
+    return x + noise.astype(x.dtype)
 
 
 def with_new_head(model: ViT, num_classes: int, *, rngs: nnx.Rngs) -> ViT:

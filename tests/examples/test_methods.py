@@ -1,0 +1,115 @@
+"""The paper's baselines inside the shared loop: what each changes in a real run."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from _toy import ToyConfig
+from _toy import config as toy_config
+
+from dsgd_jax.examples.bert.config import BertExampleConfig
+from dsgd_jax.examples.train import train_and_evaluate
+
+
+def _checkpoint(workdir, epoch):
+    manager = ocp.CheckpointManager(workdir / "checkpoints")
+    tree = manager.restore(epoch)
+    manager.close()
+    return tree
+
+
+@pytest.mark.parametrize("method", ["focal", "pcgrad", "noisytune", "lnsr", "swa"])
+def test_each_baseline_trains_and_logs(tmp_path, method):
+    summary = train_and_evaluate(toy_config(method=method, focal_form="sigmoid"), tmp_path)
+    assert summary["finished"] and summary["method"] == method
+    steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in steps if r["kind"] == "step"]
+    assert len(losses) == 14 and all(np.isfinite(losses))
+    assert {r["lambda"] for r in steps if r["kind"] == "step"} == {1.0}
+
+
+def test_swa_evaluates_the_average_of_the_snapshots(tmp_path):
+    # 7 updates per epoch; snapshots after updates 7 and 14 = the two epoch checkpoints.
+    summary = train_and_evaluate(toy_config(method="swa", swa_start=0.0, swa_every=7), tmp_path)
+    trees = [jax.tree.map(np.asarray, _checkpoint(tmp_path, epoch)["model"]) for epoch in (1, 2)]
+    mean = {
+        layer: {k: np.mean([t[layer][k] for t in trees], axis=0) for k in ("kernel", "bias")}
+        for layer in ("hidden", "out")
+    }
+    x = ToyConfig().load_data().test.inputs["x"].astype(np.float64)
+    hidden = np.tanh(x @ mean["hidden"]["kernel"] + mean["hidden"]["bias"])
+    logits = hidden @ mean["out"]["kernel"] + mean["out"]["bias"]
+    assert summary["predictions"] == np.argmax(logits, axis=1).tolist()
+    # ... which is not what the last weights alone predict (else the test could not fail).
+    last = trees[1]
+    hidden = np.tanh(x @ last["hidden"]["kernel"] + last["hidden"]["bias"])
+    last_logits = hidden @ last["out"]["kernel"] + last["out"]["bias"]
+    assert not np.allclose(logits, last_logits, atol=1e-3)
+
+
+def test_noisytune_starts_from_perturbed_weights(tmp_path):
+    fft = train_and_evaluate(toy_config(method="fft", num_epochs=1), tmp_path / "fft")
+    noisy = train_and_evaluate(toy_config(method="noisytune", num_epochs=1), tmp_path / "nt")
+    assert fft["predictions"] != noisy["predictions"] or not np.allclose(
+        _checkpoint(tmp_path / "fft", 1)["model"]["hidden"]["kernel"],
+        _checkpoint(tmp_path / "nt", 1)["model"]["hidden"]["kernel"],
+    )
+
+
+def test_lora_trains_adapters_and_head_only(tmp_path):
+    config = BertExampleConfig(
+        model="tiny", task="synthetic", method="lora", num_epochs=1, learning_rate=1e-3,
+        progress=False, lora_rank=4,
+    )  # fmt: skip
+    summary = train_and_evaluate(config, tmp_path / "lora")
+    frozen = train_and_evaluate(
+        BertExampleConfig(**{**config.to_dict(), "num_epochs": 1, "learning_rate": 1e-30,
+                             "method": "fft"}),
+        tmp_path / "init",
+    )  # fmt: skip
+    assert frozen["finished"]
+    trained = _checkpoint(tmp_path / "lora", 1)["model"]
+    init = _checkpoint(tmp_path / "init", 1)["model"]
+    layer = trained["encoder"]["layers"]["0"]
+    hidden = 32  # the tiny preset
+    assert layer["query"]["lora_a"].shape == (hidden, 4) and layer["value"]["lora_b"].shape == (
+        4,
+        hidden,
+    )
+    # The pretrained weights (here: the seed's init, which lr 1e-30 leaves as it was) stay put.
+    np.testing.assert_allclose(
+        layer["query"]["base_module"]["kernel"], init["encoder"]["layers"]["0"]["query"]["kernel"],
+        rtol=1e-6, atol=1e-8,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        trained["pooler"]["kernel"], init["pooler"]["kernel"], rtol=1e-6, atol=1e-8
+    )
+    assert np.abs(layer["value"]["lora_b"]).max() > 0  # adapters trained
+    assert not np.allclose(trained["classifier"]["kernel"], init["classifier"]["kernel"])
+    num_layers = len(trained["encoder"]["layers"])
+    expected = num_layers * 2 * (hidden * 4 + 4 * hidden) + hidden * 2 + 2
+    assert summary["num_trainable"] == expected < summary["num_params"]
+
+
+def test_methods_needing_a_head_split_name_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="query"):
+        train_and_evaluate(toy_config(method="lora"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"focal_gamma": -1.0}, "focal_gamma"),
+        ({"swa_start": 1.0}, "swa_start"),
+        ({"lora_rank": 0}, "lora_rank"),
+        ({"lnsr_sigma": -0.1}, "lnsr_sigma"),
+        ({"focal_form": "tanh"}, "focal_form='tanh' is unknown"),
+    ],
+)
+def test_bad_baseline_settings(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(toy_config(**overrides), tmp_path)
