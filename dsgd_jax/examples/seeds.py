@@ -1,0 +1,238 @@
+"""Several seeds of one fine-tuning run as one compiled program: ``jax.vmap`` over seeds.
+
+:func:`train_seeds` builds one model and optimizer per seed exactly as
+:func:`~dsgd_jax.examples.train.train_and_evaluate` does, splits them into a
+shared graph definition and a state, stacks the states on a leading seed axis
+and runs the very same train, conflict and predict steps under
+``jax.jit(jax.vmap(...))``. Each seed keeps its own data order, dropout keys,
+metrics log, checkpoints and ``summary.json`` in its own workdir, in the same
+format as a sequential run, so a vmapped group's results can be resumed,
+compared and reported like sequential ones.
+
+Every seed must fit in memory at once: S seeds cost S times the parameters,
+optimizer state and activations of one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dsgd_jax.examples import checkpoint as ckpt
+from dsgd_jax.examples.data import batches
+from dsgd_jax.examples.train import (
+    TrainConfig,
+    build_run,
+    check_finite,
+    check_workdir,
+    evaluation,
+    make_steps,
+    progress_bar,
+    start_log,
+    test_predictions,
+    write_summary,
+)
+
+__all__ = ["train_seeds"]
+
+
+def train_seeds(
+    config: TrainConfig, seeds: Sequence[int], workdirs: Sequence[str | Path]
+) -> list[dict[str, Any]]:
+    """Trains ``config`` once per seed, all seeds in one vmapped program.
+
+    Args:
+      config: the run's settings; its ``seed`` is replaced by each of ``seeds``.
+      seeds: distinct seeds, one per run.
+      workdirs: one workdir per seed (what ``train_and_evaluate`` would write to).
+
+    Returns:
+      One summary per seed, as :func:`~dsgd_jax.examples.train.train_and_evaluate`
+      returns (with ``vmapped_seeds`` added; ``wall_time_s`` is the group's time
+      divided by the number of seeds).
+
+    Raises:
+      ValueError: on bad arguments, or when the seeds' workdirs hold checkpoints of
+        different epochs (resume those one by one with ``train_and_evaluate``).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}.")
+    if len(workdirs) != len(seeds):
+        raise ValueError(f"Give one workdir per seed: {len(seeds)} seeds, {len(workdirs)} dirs.")
+    configs = [dataclasses.replace(config, seed=s) for s in seeds]
+    for c in configs:
+        c.validate()
+    with jax.numpy_dtype_promotion("standard"):
+        return _train_seeds(configs, [Path(w).absolute() for w in workdirs])
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _train_seeds(configs: list[TrainConfig], workdirs: list[Path]) -> list[dict[str, Any]]:
+    start = time.perf_counter()
+    num = len(configs)
+    opened = []
+    try:
+        for c, w in zip(configs, workdirs, strict=True):
+            opened.append(check_workdir(c, w))
+        resumed = {last for _, last in opened}
+        if len(resumed) > 1:
+            raise ValueError(
+                "The seeds' workdirs hold checkpoints of different epochs "
+                f"{sorted(resumed, key=str)}; resume them one by one with train_and_evaluate, "
+                "or start new workdirs."
+            )
+        return _train_group(configs, workdirs, [m for m, _ in opened], resumed.pop(), start, num)
+    finally:
+        for manager, _ in opened:
+            if manager is not None:
+                manager.wait_until_finished()
+                manager.close()
+
+
+def _train_group(configs, workdirs, managers, last_saved, start, num):
+    config = configs[0]
+    data = config.load_data()
+    runs = [build_run(c, data) for c in configs]
+    if last_saved is not None:
+        for run, manager in zip(runs, managers, strict=True):
+            ckpt.restore(manager, last_saved, run.model, run.optimizer)
+    logs = [start_log(w, c, last_saved) for c, w in zip(configs, workdirs, strict=True)]
+    steps = make_steps(config, runs[0].total_updates, runs[0].wrt)
+    graphdef, _ = nnx.split((runs[0].model, runs[0].optimizer))
+    state = _stack([nnx.split((r.model, r.optimizer))[1] for r in runs])
+    dropout_keys = jnp.stack([r.dropout_key for r in runs])
+
+    def pure_train(state, inputs, labels, valid, key):
+        model, optimizer = nnx.merge(graphdef, state)
+        metrics = steps.train(model, optimizer, inputs, labels, valid, key)
+        return nnx.split((model, optimizer))[1], metrics
+
+    def pure_conflict(state, inputs, labels, valid, key):
+        return steps.conflict(*nnx.merge(graphdef, state), inputs, labels, valid, key)
+
+    def pure_predict(state, inputs):
+        return steps.predict(*nnx.merge(graphdef, state), inputs)
+
+    train = jax.jit(jax.vmap(pure_train))
+    conflict = jax.jit(jax.vmap(pure_conflict))
+    predict = jax.jit(jax.vmap(pure_predict, in_axes=(0, None)))
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+    first_epoch = (last_saved or 0) + 1
+    epochs_done, saved = first_epoch - 1, last_saved or 0
+    evals: list[dict[str, Any]] | None = None
+    spe = runs[0].steps_per_epoch
+    for epoch in range(first_epoch, config.num_epochs + 1):
+        iters = [
+            batches(data.train, config.batch_size, order=_order(c.seed, epoch, len(data.train)))
+            for c in configs
+        ]
+        pending: list[tuple[int, dict[str, jax.Array]]] = []
+        with progress_bar(config, spe, epoch) as bar:
+            bar.set_description(f"{num} seeds, epoch {epoch}/{config.num_epochs}")
+            for i, group in enumerate(zip(*iters, strict=True)):
+                step = (epoch - 1) * spe + i + 1
+                inputs = jax.tree.map(lambda *xs: np.stack(xs), *[g[0] for g in group])
+                labels = np.stack([g[1] for g in group])
+                valid = np.stack([g[2] for g in group])
+                keys = fold(dropout_keys, step)
+                if config.conflict_every and step % config.conflict_every == 0:
+                    stats = jax.device_get(conflict(state, inputs, labels, valid, keys))
+                    for s, log in enumerate(logs):
+                        record = {k: float(v[s]) for k, v in stats.items()}
+                        log.write([{"kind": "conflict", "epoch": epoch, "step": step, **record}])
+                state, metrics = train(state, inputs, labels, valid, keys)
+                pending.append((step, metrics))
+                if len(pending) >= config.log_every:
+                    _flush(pending, logs, epoch, saved, bar)
+                bar.update(1)
+            _flush(pending, logs, epoch, saved, bar)
+        evals = _evaluate(predict, state, data, configs)
+        for log, metrics in zip(logs, evals, strict=True):
+            log.write([{"kind": "epoch", "epoch": epoch, **_no_predictions(metrics)}])
+        _check_params(state, configs, epoch)
+        if managers[0] is not None:
+            for s, manager in enumerate(managers):
+                model, optimizer = nnx.merge(graphdef, _unstack(state, s))
+                ckpt.save(manager, epoch, model, optimizer)
+            saved = epoch
+        epochs_done = epoch
+        if config.stop_after_epochs and epoch - first_epoch + 1 >= config.stop_after_epochs:
+            break
+
+    if evals is None:  # resumed a finished group: evaluate what was restored
+        evals = _evaluate(predict, state, data, configs)
+    wall = (time.perf_counter() - start) / num
+    summaries = []
+    for s, (c, w, run) in enumerate(zip(configs, workdirs, runs, strict=True)):
+        model, _ = nnx.merge(graphdef, _unstack(state, s))
+        metrics = {**evals[s], "vmapped_seeds": num}
+        summaries.append(write_summary(w, c, run, model, epochs_done, wall, metrics))
+    return summaries
+
+
+def _evaluate(predict, state, data, configs) -> list[dict[str, Any]]:
+    predictions = test_predictions(lambda x: predict(state, x), data, configs[0])
+    return [evaluation(predictions[s], data, c) for s, c in enumerate(configs)]
+
+
+def _order(seed: int, epoch: int, n: int) -> np.ndarray:
+    # The same data order as the sequential loop (train._run_epoch).
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _no_predictions(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "predictions"}
+
+
+def _flush(pending, logs, epoch, saved, bar) -> None:
+    host = jax.device_get(pending)
+    for s, log in enumerate(logs):
+        records = [
+            {"kind": "step", "epoch": epoch, "step": step, **{k: float(v[s]) for k, v in m.items()}}
+            for step, m in host
+        ]
+        check_finite(records, saved)
+        log.write(records)
+    if host:
+        last = host[-1][1]
+        bar.set_postfix(
+            loss=f"{float(np.mean(last['loss'])):.4f}",
+            acc=f"{float(np.mean(last['fraction_correct'])):.2f}",
+            lam=f"{float(np.mean(last['lambda'])):.3f}",
+        )
+    pending.clear()
+
+
+def _check_params(state, configs, epoch: int) -> None:
+    model_state = state[0]  # (model, optimizer) -> the model's part
+    finite = [
+        bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x[s])) for x in _param_leaves(model_state)])))
+        for s in range(len(configs))
+    ]
+    bad = [c.seed for c, ok in zip(configs, finite, strict=True) if not ok]
+    if bad:
+        raise FloatingPointError(
+            f"Non-finite parameters after epoch {epoch} for seeds {bad}; no checkpoint was "
+            "written. Lower --learning_rate or set --max_grad_norm."
+        )
+
+
+def _param_leaves(model_state) -> list[jax.Array]:
+    return [x for x in jax.tree.leaves(nnx.filter_state(model_state, nnx.Param))]

@@ -1,0 +1,111 @@
+"""Seeds vmapped into one program give the same runs as one run per seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from _toy import config as toy_config
+
+from dsgd_jax.examples.seeds import train_seeds
+from dsgd_jax.examples.train import train_and_evaluate
+
+SEEDS = (42, 52, 62)
+
+
+def _params(workdir, epoch):
+    manager = ocp.CheckpointManager(workdir / "checkpoints")
+    tree = manager.restore(epoch)
+    manager.close()
+    return tree
+
+
+def _steps(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "step"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"method": "fft"},
+        {"method": "dsgd", "conflict_every": 4},
+        {"method": "pcgrad"},
+        {"method": "lnsr"},
+        {"method": "swa", "swa_start": 0.5},
+        {"method": "noisytune"},
+        {"method": "focal"},
+    ],
+    ids=lambda o: o["method"],
+)
+def test_vmapped_seeds_equal_sequential_runs(tmp_path, overrides):
+    config = toy_config(**overrides)
+    sequential = [
+        train_and_evaluate(dataclasses.replace(config, seed=s), tmp_path / "seq" / str(s))
+        for s in SEEDS
+    ]
+    vmapped = train_seeds(config, SEEDS, [tmp_path / "vmap" / str(s) for s in SEEDS])
+    assert [s["seed"] for s in vmapped] == list(SEEDS)
+    for seq, vec in zip(sequential, vmapped, strict=True):
+        assert vec["vmapped_seeds"] == len(SEEDS) and vec["finished"]
+        assert vec["predictions"] == seq["predictions"]
+        assert vec["accuracy"] == seq["accuracy"]
+        a = jax.tree.leaves(_params(tmp_path / "seq" / str(seq["seed"]), 2))
+        b = jax.tree.leaves(_params(tmp_path / "vmap" / str(seq["seed"]), 2))
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+        seq_steps = _steps(tmp_path / "seq" / str(seq["seed"]))
+        vec_steps = _steps(tmp_path / "vmap" / str(seq["seed"]))
+        assert [r["step"] for r in vec_steps] == [r["step"] for r in seq_steps]
+        np.testing.assert_allclose(
+            [r["loss"] for r in vec_steps], [r["loss"] for r in seq_steps], rtol=1e-5
+        )
+    # Different seeds really are different runs.
+    first = [_params(tmp_path / "vmap" / str(s), 2)["model"]["out"]["kernel"] for s in SEEDS]
+    assert not np.allclose(first[0], first[1])
+
+
+def test_vmapped_group_stops_and_resumes_exactly(tmp_path):
+    config = toy_config(num_epochs=3)
+    dirs = [tmp_path / "split" / str(s) for s in SEEDS[:2]]
+    full = train_seeds(config, SEEDS[:2], [tmp_path / "full" / str(s) for s in SEEDS[:2]])
+    first = train_seeds(dataclasses.replace(config, stop_after_epochs=1), SEEDS[:2], dirs)
+    assert [s["epochs"] for s in first] == [1, 1] and not first[0]["finished"]
+    resumed = train_seeds(dataclasses.replace(config, resume=True), SEEDS[:2], dirs)
+    for a, b, seed in zip(full, resumed, SEEDS, strict=False):
+        assert b["finished"] and a["predictions"] == b["predictions"]
+        for x, y in zip(
+            jax.tree.leaves(_params(tmp_path / "full" / str(seed), 3)),
+            jax.tree.leaves(_params(tmp_path / "split" / str(seed), 3)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(x, y)
+        full_log = (tmp_path / "full" / str(seed) / "metrics.jsonl").read_text()
+        assert (tmp_path / "split" / str(seed) / "metrics.jsonl").read_text() == full_log
+
+
+def test_seeds_at_different_epochs_are_refused(tmp_path):
+    config = toy_config(num_epochs=2)
+    train_and_evaluate(dataclasses.replace(config, seed=42, stop_after_epochs=1), tmp_path / "a")
+    with pytest.raises(ValueError, match="different epochs"):
+        train_seeds(
+            dataclasses.replace(config, resume=True), [42, 52], [tmp_path / "a", tmp_path / "b"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("seeds", "dirs", "match"),
+    [
+        ([], [], "distinct and non-empty"),
+        ([1, 1], ["a", "b"], "distinct"),
+        ([1], [], "one workdir"),
+    ],
+)
+def test_bad_seed_arguments(tmp_path, seeds, dirs, match):
+    with pytest.raises(ValueError, match=match):
+        train_seeds(toy_config(), seeds, [tmp_path / d for d in dirs])
