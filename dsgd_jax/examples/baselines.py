@@ -13,7 +13,7 @@
   :func:`add_lora`, :func:`lora_trainable`.
 
 LNSR and LoRA need a model split into ``features(inputs, *, rngs=None)`` and
-``head(features, *, rngs=None, noise=(None, None))`` with a ``head_name`` (the attribute
+``classify(features, *, rngs=None, noise=(None, None))`` with a ``head_name`` (the attribute
 of the freshly initialised classifier), as the BERT and ViT examples' models have.
 
 >>> import jax.numpy as jnp

@@ -146,3 +146,16 @@ def test_classification_metrics_by_hand():
     assert not m["collapsed"]
     collapsed = metrics_lib.classification_metrics(labels, np.zeros(6, int), ["x", "y", "z"])
     assert collapsed["collapsed"] and collapsed["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+
+
+def test_conflict_logging_does_not_change_training(tmp_path):
+    plain = train_and_evaluate(_config(), tmp_path / "plain")
+    traced = train_and_evaluate(_config(conflict_every=2), tmp_path / "traced")
+    assert _records(tmp_path / "traced", "conflict")
+    assert traced["predictions"] == plain["predictions"]
+    for x, y in zip(
+        jax.tree.leaves(_saved_params(tmp_path / "plain", 2)),
+        jax.tree.leaves(_saved_params(tmp_path / "traced", 2)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)

@@ -1,0 +1,498 @@
+"""The paper's seed-stability protocol: every method x every seed, resumable.
+
+:func:`run_protocol` trains an example's config once per (method variant,
+seed), each run in its own workdir, skipping runs whose ``summary.json`` says
+they finished with the same settings and resuming interrupted ones from their
+last checkpoint. It then gathers the per-seed summaries, per-epoch evaluations
+and gradient-conflict traces into one ``results.json`` and writes the table and
+plots of :mod:`dsgd_jax.examples.stability_report`.
+
+Method variants are written ``name[/field=value[/field=value...]]``, e.g.
+``dsgd/scaler=cosine/beta=0.5`` or ``lora/lora_rank=16``; the fields are those of
+the example's config. Shorthands: ``baselines`` (FFT, DSGD and the paper's
+baselines) and ``dsgd-scalers`` (DSGD with every scaler, beta 0.5 and 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import typing
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dsgd_jax.examples.train import _RESUME_FREE, METHODS, TrainConfig, train_and_evaluate
+
+__all__ = [
+    "PAPER_SEEDS",
+    "MethodSpec",
+    "collect_results",
+    "expand_methods",
+    "machine_info",
+    "run_protocol",
+]
+
+PAPER_SEEDS = tuple(range(42, 142, 10))  # 42, 52, ..., 132
+
+SHORTHANDS = {
+    "baselines": ("fft", "dsgd", "focal", "pcgrad", "noisytune", "lnsr", "swa", "lora"),
+    "dsgd-scalers": (
+        "dsgd",
+        "dsgd/beta=0.5",
+        "dsgd/scaler=cosine",
+        "dsgd/scaler=cosine/beta=0.5",
+        "dsgd/scaler=descending",
+        "dsgd/scaler=descending/beta=0.5",
+        "dsgd/scaler=constant/beta=0.0",
+        "dsgd/scaler=constant/beta=0.1",
+    ),
+}
+
+# The runs whose gradient conflict is traced on --trace_seed.
+TRACED = ("fft", "dsgd")
+_FREE = (*_RESUME_FREE, "conflict_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One method variant: ``label`` as written, the method and its field overrides."""
+
+    label: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def method(self) -> str:
+        return dict(self.overrides)["method"]
+
+    @classmethod
+    def parse(cls, text: str, config_cls: type[TrainConfig]) -> MethodSpec:
+        """Parses ``name[/field=value...]``; ValueError naming the bad part and the fix."""
+        name, *parts = text.strip().split("/")
+        if name not in METHODS:
+            raise ValueError(f"Unknown method {name!r} in --methods; choose from {METHODS}.")
+        hints = typing.get_type_hints(config_cls)
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        overrides: list[tuple[str, Any]] = [("method", name)]
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if not sep or key not in fields or key in ("method", "seed"):
+                raise ValueError(
+                    f"{part!r} in --methods entry {text!r} is not field=value of a "
+                    f"{config_cls.__name__} field (e.g. dsgd/scaler=cosine/beta=0.5)."
+                )
+            overrides.append((key, _convert(value, hints[key], part)))
+        return cls(text.strip(), tuple(overrides))
+
+    def apply(self, config: TrainConfig) -> TrainConfig:
+        return dataclasses.replace(config, **dict(self.overrides))
+
+    @property
+    def dirname(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label.replace("/", "__"))
+
+
+def _convert(value: str, kind: Any, part: str) -> Any:
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{part!r}: {value!r} is not a valid {kind.__name__}.") from None
+
+
+def expand_methods(text: str, config_cls: type[TrainConfig]) -> list[MethodSpec]:
+    """The comma-separated ``--methods`` value as specs (shorthands expanded, no repeats)."""
+    labels: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        for label in SHORTHANDS.get(item, (item,)):
+            if label not in labels:
+                labels.append(label)
+    if not labels:
+        raise ValueError("--methods is empty; e.g. --methods=fft,dsgd or --methods=baselines.")
+    return [MethodSpec.parse(label, config_cls) for label in labels]
+
+
+def machine_info() -> dict[str, str]:
+    """The CPU, core count, JAX device and library versions of this machine."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "device": str(jax.devices()[0].device_kind),
+        "python": platform.python_version(),
+        **{pkg: metadata.version(pkg) for pkg in ("jax", "optax", "flax", "dsgd-jax")},
+    }
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _FREE}
+
+
+def run_state(config: TrainConfig, workdir: Path) -> tuple[str, int | None]:
+    """``("done", None)``, ``("resume", epoch)`` or ``("new", None)`` for one run's workdir.
+
+    Raises ValueError when the workdir holds a run with other settings.
+    """
+    summary = workdir / "summary.json"
+    saved_config = workdir / "config.json"
+    if saved_config.exists():
+        saved = json.loads(saved_config.read_text())
+        if _comparable(saved) != _comparable(config.to_dict()):
+            changed = sorted(
+                k for k in _comparable(config.to_dict()) if saved.get(k) != getattr(config, k)
+            )
+            raise ValueError(
+                f"{workdir} holds a run with other settings ({', '.join(changed)}); pass "
+                "another --runs_dir, or delete that folder to redo it."
+            )
+    if summary.exists() and json.loads(summary.read_text()).get("finished"):
+        return "done", None
+    checkpoints = workdir / "checkpoints"
+    epochs = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
+    return ("resume", max(epochs)) if epochs else ("new", None)
+
+
+def run_protocol(
+    config: TrainConfig,
+    methods: Sequence[MethodSpec],
+    seeds: Sequence[int],
+    runs_dir: str | Path,
+    *,
+    trace_seed: int | None = None,
+    conflict_every: int = 0,
+    vmap_seeds: bool = False,
+    progress: bool = True,
+) -> None:
+    """Trains every (method, seed) not yet finished under ``runs_dir/<method>/seed<seed>``.
+
+    With ``vmap_seeds`` the unfinished seeds of a method that stand at the same
+    epoch train together as one vmapped program
+    (:func:`dsgd_jax.examples.seeds.train_seeds`); otherwise one after another.
+    ``trace_seed`` runs of FFT and DSGD log the gradient conflict every
+    ``conflict_every`` steps (it does not change their training).
+    """
+    from tqdm.auto import tqdm
+
+    runs_dir = Path(runs_dir)
+    plan = []
+    for spec in methods:
+        groups: dict[Any, list[tuple[int, TrainConfig, Path]]] = {}
+        for seed in seeds:
+            run_config = dataclasses.replace(spec.apply(config), seed=seed, progress=False)
+            if seed == trace_seed and spec.label in TRACED and conflict_every:
+                run_config = dataclasses.replace(run_config, conflict_every=conflict_every)
+            run_config.validate()
+            workdir = runs_dir / spec.dirname / f"seed{seed}"
+            state, epoch = run_state(run_config, workdir)
+            if state != "done":
+                run_config = dataclasses.replace(run_config, resume=True)
+                groups.setdefault((epoch, run_config.conflict_every), []).append(
+                    (seed, run_config, workdir)
+                )
+        plan.append((spec, groups))
+    total = len(methods) * len(seeds)
+    todo = sum(len(g) for _, groups in plan for g in groups.values())
+    with tqdm(
+        total=total, initial=total - todo, desc="seeds x methods", disable=not progress
+    ) as bar:
+        for spec, groups in plan:
+            for group in groups.values():
+                if vmap_seeds and len(group) > 1:
+                    from dsgd_jax.examples.seeds import train_seeds
+
+                    bar.set_postfix_str(f"{spec.label}: {len(group)} seeds vmapped")
+                    summaries = train_seeds(
+                        group[0][1], [s for s, _, _ in group], [w for _, _, w in group]
+                    )
+                    bar.update(len(group))
+                else:
+                    summaries = []
+                    for seed, run_config, workdir in group:
+                        bar.set_postfix_str(f"{spec.label} seed {seed}")
+                        summaries.append(train_and_evaluate(run_config, workdir))
+                        bar.update(1)
+                bar.write(_line(spec.label, summaries))
+
+
+def _line(label: str, summaries: list[dict[str, Any]]) -> str:
+    accuracies = ", ".join(f"{s['accuracy']:.4f}" for s in summaries)
+    collapsed = sum(bool(s["collapsed"]) for s in summaries)
+    return (
+        f"{label}: seeds {[s['seed'] for s in summaries]} accuracy {accuracies}"
+        + (f" ({collapsed} collapsed)" if collapsed else "")
+        + f"; {summaries[-1]['wall_time_s']:.0f} s per run"
+    )
+
+
+def collect_results(
+    config: TrainConfig,
+    methods: Sequence[MethodSpec],
+    seeds: Sequence[int],
+    runs_dir: str | Path,
+    *,
+    example: str,
+    command: str,
+) -> dict[str, Any]:
+    """The ``results.json`` content from the finished runs under ``runs_dir``.
+
+    Runs that have not finished are left out (and listed under ``missing``).
+    """
+    runs_dir = Path(runs_dir)
+    data = config.load_data()
+    runs, missing = [], []
+    for spec in methods:
+        for seed in seeds:
+            workdir = runs_dir / spec.dirname / f"seed{seed}"
+            path = workdir / "summary.json"
+            summary = json.loads(path.read_text()) if path.exists() else None
+            if not summary or not summary.get("finished"):
+                missing.append(f"{spec.label} seed {seed}")
+                continue
+            records = [
+                json.loads(line)
+                for line in (workdir / "metrics.jsonl").read_text().splitlines()
+                if line.strip()
+            ]
+            summary.pop("confusion", None)
+            runs.append(
+                {
+                    "label": spec.label,
+                    **summary,
+                    "epoch_metrics": [
+                        {k: r[k] for k in ("epoch", "accuracy", "macro_f1", "collapsed")}
+                        for r in records
+                        if r["kind"] == "epoch"
+                    ],
+                    "conflict_trace": [
+                        {k: r[k] for k in ("step", "cosine", "total_norm", "fraction_correct")}
+                        for r in records
+                        if r["kind"] == "conflict"
+                    ],
+                }
+            )
+    return {
+        "example": example,
+        "task": config.task_name,
+        "command": command,
+        "machine": machine_info(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "class_names": list(data.class_names),
+        "test_labels": [int(x) for x in data.test.labels],
+        "seeds": [int(s) for s in seeds],
+        "methods": [spec.label for spec in methods],
+        "base_config": config.to_dict(),
+        "missing": missing,
+        "runs": runs,
+    }
+
+
+EXAMPLES = {
+    "bert": "dsgd_jax.examples.bert.config:BertExampleConfig",
+    "vit": "dsgd_jax.examples.vit.config:ViTExampleConfig",
+}
+
+
+def _config_class(example: str) -> type[TrainConfig]:
+    import importlib
+
+    module, name = EXAMPLES[example].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _seeds(text: str) -> list[int]:
+    if "," not in text and text.strip().isdigit() and int(text) <= len(PAPER_SEEDS):
+        if int(text) < 1:
+            raise ValueError("--seeds must be >= 1 (a count) or a list like 42,52.")
+        return list(PAPER_SEEDS[: int(text)])
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds={text!r}: give a count (<= 10) or seeds like 42,52.") from None
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/stability.py``: run the protocol, then write results and report."""
+    import argparse
+    import shlex
+    import sys
+
+    from dsgd_jax.examples.cli import build_parser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/stability.py",
+        description="The paper's seed-stability protocol on an example: every method x seed "
+        "(resumable), then results.json, table.md and plots in --out. Any other flag is a "
+        "field of the example's config (see python -m dsgd_jax.examples.<example> --help).",
+    )
+    parser.add_argument("--example", choices=sorted(EXAMPLES), required=True)
+    parser.add_argument("--methods", default="fft,dsgd", help="e.g. fft,dsgd or baselines")
+    parser.add_argument("--seeds", default="10", help="a count of the paper's seeds, or 42,52")
+    parser.add_argument("--out", required=True, type=Path, help="folder for results and plots")
+    parser.add_argument("--runs_dir", type=Path, help="per-run workdirs; default runs/stability/")
+    parser.add_argument("--trace_seed", type=int, default=42, help="seed whose FFT/DSGD runs log")
+    parser.add_argument("--conflict_every", type=int, default=0, help="conflict every N steps")
+    parser.add_argument("--vmap", action="store_true", help="train a method's seeds vmapped")
+    parser.add_argument("--report_only", action="store_true", help="no training, only results")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args, rest = parser.parse_known_args(argv)
+    config_cls = _config_class(args.example)
+    config_args = vars(build_parser(config_cls, parser.prog, "").parse_args(rest))
+    config_args.pop("workdir")
+    try:
+        config = config_cls(**config_args)
+        config.validate()
+        methods = expand_methods(args.methods, config_cls)
+        seeds = _seeds(args.seeds)
+        if args.conflict_every < 0:
+            raise ValueError("--conflict_every must be >= 0.")
+        runs_dir = args.runs_dir or Path("runs/stability") / args.out.name
+        if not args.report_only:
+            run_protocol(
+                config, methods, seeds, runs_dir, trace_seed=args.trace_seed,
+                conflict_every=args.conflict_every, vmap_seeds=args.vmap, progress=args.progress,
+            )  # fmt: skip
+        command = "python benchmarks/stability.py " + shlex.join(
+            a for a in argv if a not in ("--report_only", "--no-progress")
+        )
+        results = collect_results(
+            config, methods, seeds, runs_dir, example=args.example, command=command
+        )
+    except (ValueError, KeyError, OSError, FloatingPointError) as e:
+        if os.environ.get("DSGD_TRACEBACK"):
+            raise
+        print(
+            f"{parser.prog}: error: {e}\n(set DSGD_TRACEBACK=1 for the traceback)", file=sys.stderr
+        )
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not results["runs"]:
+        print(f"No finished runs under {runs_dir} yet.", file=sys.stderr)
+        return 1
+    from dsgd_jax.examples.stability_report import write_report
+
+    paths = write_report(results, args.out)
+    print((args.out / "table.md").read_text())
+    if results["missing"]:
+        print(f"Not finished yet: {', '.join(results['missing'])}")
+    print(f"Wrote {args.out / 'results.json'} and {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+README_MARKER = "readme:stability-results"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -> str:
+    """What the numbers of one protocol run say about DSGD, in a few plain sentences."""
+    from dsgd_jax.examples.stability_report import ensemble_accuracy, method_stats
+
+    stats = method_stats(results)
+    if base not in stats or dsgd not in stats:
+        return "This run lacks FFT or DSGD, so it says nothing about DSGD against FFT."
+    f, d = stats[base], stats[dsgd]
+    gap = 100 * (d["accuracy_mean"] - f["accuracy_mean"])
+    lines = [
+        f"DSGD's mean accuracy is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} "
+        f"FFT's ({_pct(d['accuracy_mean'])} vs {_pct(f['accuracy_mean'])}), with a standard "
+        f"deviation over seeds of {_pct(d['accuracy_std'])} vs {_pct(f['accuracy_std'])} and "
+        f"{d['collapsed']} vs {f['collapsed']} collapsed runs of {d['n']} and {f['n']}."
+    ]
+    others = [label for label in stats if label not in (base, dsgd)]
+    if others:
+        better = [o for o in others if stats[o]["accuracy_mean"] >= d["accuracy_mean"]]
+        steadier = [o for o in others if stats[o]["accuracy_std"] <= d["accuracy_std"]]
+        lines.append(
+            "DSGD does not beat "
+            + ", ".join(f"{o} ({_pct(stats[o]['accuracy_mean'])})" for o in better)
+            + " in mean accuracy here."
+            if better
+            else f"None of the other {len(others)} methods reaches DSGD's mean accuracy."
+        )
+        if steadier:
+            lines.append(
+                "Lower or equal seed spread than DSGD: "
+                + ", ".join(f"{o} ({_pct(stats[o]['accuracy_std'])})" for o in steadier)
+                + "."
+            )
+    ens9, dsgd9 = ensemble_accuracy(results, base, 9), ensemble_accuracy(results, dsgd, 9)
+    if ens9 is not None and dsgd9 is not None:
+        lines.append(
+            f"Majority votes of 9 seeds: FFT {_pct(ens9)}, DSGD {_pct(dsgd9)}; the mean single "
+            f"DSGD run {'reaches' if d['accuracy_mean'] >= ens9 else 'stays below'} ENS(9)."
+        )
+    return " ".join(lines)
+
+
+def readme_section(folders: Sequence[Path], root: Path) -> str:
+    """The README's results section from the committed ``results.json`` files in ``folders``."""
+    from dsgd_jax.examples.stability_report import load_results, markdown_table
+
+    parts = [f"<!-- {README_MARKER} -->"]
+    if not folders:
+        parts.append("No protocol run has been committed yet.")
+    for folder in folders:
+        results = load_results(folder / "results.json")
+        config = results["base_config"]
+        machine = results["machine"]
+        rel = folder.relative_to(root).as_posix()
+        parts += [
+            "",
+            f"#### {results['example'].upper()} · {results['task']} · learning rate "
+            f"{config['learning_rate']:g} · {config['num_epochs']} epochs",
+            "",
+            f"`{results['command']}` on {machine['cpu']} ({machine['cores']} cores, "
+            f"{machine['device']}; jax {machine['jax']}, flax {machine['flax']}). Per-seed "
+            f"results, plots: `{rel}/`."
+            + (f" Not finished: {', '.join(results['missing'])}." if results["missing"] else ""),
+            "",
+            markdown_table(results),
+            "",
+            verdict(results),
+            "",
+            f"![per-seed accuracy]({rel}/seed_accuracy.png)",
+        ]
+    parts.append(f"<!-- /{README_MARKER} -->")
+    return "\n".join(parts)
+
+
+def results_folders(root: Path) -> list[Path]:
+    """The committed protocol runs: ``benchmarks/results/stability/*/results.json``."""
+    return sorted(p.parent for p in (root / "benchmarks/results/stability").glob("*/results.json"))
+
+
+def update_readme(root: Path) -> str:
+    """Rewrites the README's results section from the committed results; returns it."""
+    section = readme_section(results_folders(root), root)
+    readme_path = root / "README.md"
+    readme = readme_path.read_text()
+    start_tag, end_tag = f"<!-- {README_MARKER} -->", f"<!-- /{README_MARKER} -->"
+    if start_tag not in readme:
+        raise ValueError(f"README.md has no {start_tag} block to fill.")
+    start = readme.index(start_tag)
+    end = readme.index(end_tag) + len(end_tag)
+    readme_path.write_text(readme[:start] + section + readme[end:])
+    return section

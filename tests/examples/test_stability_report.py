@@ -1,0 +1,310 @@
+"""The stability report against a hand-made results file with hand-computed answers.
+
+Six test examples, three classes. The predictions are chosen by hand so every
+accuracy and every majority vote below can be checked on paper:
+
+    test_labels     0 1 2 0 1 2
+    fft  seed 42    0 1 2 0 1 2   6/6
+    fft  seed 52    0 0 0 0 0 0   2/6 (collapsed)
+    fft  seed 62    0 1 0 0 2 2   4/6
+    fft  seed 72    1 1 2 1 1 0   3/6
+    dsgd seed 42    0 1 2 0 1 1   5/6
+    dsgd seed 52    0 1 2 0 0 2   5/6
+    dsgd seed 62    0 1 1 0 1 2   5/6
+    focal seed 42   0 1 2 1 2 0   3/6
+    focal seed 52   2 0 1 0 1 2   3/6
+    focal seed 62   0 1 2 0 1 2   6/6
+
+ENS(3) of fft (seeds 42, 52, 62) votes 0 1 0 0 0 2 (column 4 is a three-way
+tie 1/0/2, won by class 0): 4/6 right. The vote of the three dsgd runs is
+0 1 2 0 1 2: 6/6 right.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dsgd_jax.examples import stability_report as sr
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEST_LABELS = [0, 1, 2, 0, 1, 2]
+
+# (label, seed, predictions, accuracy, macro_f1, collapsed, wall_time_s)
+_RUNS = [
+    # fft listed out of seed order on purpose: seed order must come from sorting.
+    ("fft", 62, [0, 1, 0, 0, 2, 2], 4 / 6, 0.6, False, 30.0),
+    ("fft", 42, [0, 1, 2, 0, 1, 2], 6 / 6, 0.9, False, 30.0),
+    ("dsgd", 42, [0, 1, 2, 0, 1, 1], 5 / 6, 0.8, False, 400.0),
+    ("fft", 52, [0, 0, 0, 0, 0, 0], 2 / 6, 0.2, True, 30.0),
+    ("fft", 72, [1, 1, 2, 1, 1, 0], 3 / 6, 0.5, False, 30.0),
+    ("dsgd", 52, [0, 1, 2, 0, 0, 2], 5 / 6, 0.8, False, 420.0),
+    ("dsgd", 62, [0, 1, 1, 0, 1, 2], 5 / 6, 0.8, False, 440.0),
+    ("focal", 42, [0, 1, 2, 1, 2, 0], 3 / 6, 0.4, False, 60.0),
+    ("focal", 52, [2, 0, 1, 0, 1, 2], 3 / 6, 0.3, False, 60.0),
+    ("focal", 62, [0, 1, 2, 0, 1, 2], 6 / 6, 1.0, False, 60.0),
+]
+
+# Eval accuracy per epoch; fft seed 72 stopped after epoch 2, so fft's curve has epochs 1-2.
+_EPOCHS = {
+    ("fft", 42): [0.5, 0.7, 0.9],
+    ("fft", 52): [0.3, 0.5, 0.4],
+    ("fft", 62): [0.4, 0.6, 0.6],
+    ("fft", 72): [0.2, 0.4],
+    ("dsgd", 42): [0.6, 0.7, 0.8],
+    ("dsgd", 52): [0.6, 0.8, 0.8],
+    ("dsgd", 62): [0.6, 0.9, 0.8],
+    ("focal", 42): [0.3, 0.5, 0.5],
+    ("focal", 52): [0.3, 0.4, 0.5],
+    ("focal", 62): [0.6, 0.8, 1.0],
+}
+
+
+def _trace(cosines):
+    return [
+        {"step": 5 * (i + 1), "cosine": c, "total_norm": 1.0 + i, "fraction_correct": 0.1 * i}
+        for i, c in enumerate(cosines)
+    ]
+
+
+def _results(*, traces=True):
+    runs = []
+    for label, seed, predictions, accuracy, macro_f1, collapsed, wall in _RUNS:
+        trace = []
+        if traces and seed == 42 and label == "fft":
+            trace = _trace([-0.3, -0.5, 0.1])
+        if traces and seed == 42 and label == "dsgd":
+            trace = _trace([-0.2, 0.0, 0.2])
+        runs.append(
+            {
+                "label": label,
+                "method": label,
+                "seed": seed,
+                "accuracy": accuracy,
+                "macro_f1": macro_f1,
+                "collapsed": collapsed,
+                "wall_time_s": wall,
+                "predictions": predictions,
+                "epoch_metrics": [
+                    {"epoch": e + 1, "accuracy": a, "macro_f1": a / 2}
+                    for e, a in enumerate(_EPOCHS[label, seed])
+                ],
+                "conflict_trace": trace,
+                "config": {},
+            }
+        )
+    return {
+        "example": "bert",
+        "task": "toy",
+        "class_names": ["negative", "neutral", "positive"],
+        "test_labels": list(TEST_LABELS),
+        "runs": runs,
+    }
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The figures the plotting functions save, in order."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures
+
+
+def _is_png(path):
+    data = path.read_bytes()
+    return len(data) > 1000 and data[:8] == PNG_SIGNATURE
+
+
+def test_hand_made_accuracies_match_predictions():
+    # Guards the fixture itself: the stated accuracies are those of the predictions.
+    for _, _, predictions, accuracy, *_ in _RUNS:
+        assert np.mean(np.array(predictions) == np.array(TEST_LABELS)) == pytest.approx(accuracy)
+
+
+def test_load_results(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_results()))
+    assert sr.load_results(path) == _results()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"runs": []}))
+    with pytest.raises(ValueError, match=r"bad\.json.*'test_labels'"):
+        sr.load_results(bad)
+
+
+def test_method_stats():
+    stats = sr.method_stats(_results())
+    assert list(stats) == ["fft", "dsgd", "focal"]  # order of first appearance
+    fft = stats["fft"]
+    assert fft["n"] == 4
+    assert fft["seeds"] == [42, 52, 62, 72]
+    assert fft["accuracy_mean"] == pytest.approx(15 / 24)
+    # Population std by hand: deviations 9/24, -7/24, 1/24, -3/24 from 15/24.
+    assert fft["accuracy_std"] == pytest.approx(math.sqrt((81 + 49 + 1 + 9) / 576 / 4))
+    assert fft["accuracy_std"] == pytest.approx(np.std([1.0, 2 / 6, 4 / 6, 3 / 6]))
+    assert fft["macro_f1_mean"] == pytest.approx(0.55)
+    assert fft["macro_f1_std"] == pytest.approx(np.std([0.9, 0.2, 0.6, 0.5]))
+    assert fft["accuracy_min"] == pytest.approx(2 / 6)
+    assert fft["accuracy_max"] == pytest.approx(1.0)
+    assert fft["collapsed"] == 1
+    assert fft["wall_time_mean"] == pytest.approx(30.0)
+    assert stats["dsgd"]["accuracy_std"] == pytest.approx(0.0, abs=1e-12)
+    assert stats["dsgd"]["wall_time_mean"] == pytest.approx(420.0)
+    assert stats["dsgd"]["collapsed"] == 0
+    # focal: 3/6, 3/6, 6/6 -> mean 2/3, population std sqrt(1/18).
+    assert stats["focal"]["accuracy_mean"] == pytest.approx(2 / 3)
+    assert stats["focal"]["accuracy_std"] == pytest.approx(math.sqrt(1 / 18))
+
+
+def test_majority_vote_ties_go_to_the_lowest_class():
+    predictions = np.array(
+        [
+            [2, 1, 2, 2, 1],
+            [2, 0, 1, 1, 1],
+            [0, 2, 2, 1, 0],
+            [1, 0, 1, 0, 0],
+        ]
+    )
+    # Columns: 2 wins 2:1:1; 0 wins 2:1:1; 1 and 2 tie 2:2 -> 1; 1 wins 2:1:1;
+    # 1 and 0 tie 2:2 -> 0.
+    np.testing.assert_array_equal(sr.majority_vote(predictions, 3), [2, 0, 1, 1, 0])
+    np.testing.assert_array_equal(sr.majority_vote([[3, 0], [1, 2]], 4), [1, 0])
+    np.testing.assert_array_equal(sr.majority_vote([[2, 0, 1]], 3), [2, 0, 1])
+    with pytest.raises(ValueError):
+        sr.majority_vote([[0, 3]], 3)
+
+
+def test_ensemble_accuracy():
+    results = _results()
+    assert sr.ensemble_accuracy(results, "fft", 3) == pytest.approx(4 / 6)
+    assert sr.ensemble_accuracy(results, "fft", 1) == pytest.approx(1.0)  # seed 42 alone
+    assert sr.ensemble_accuracy(results, "dsgd", 3) == pytest.approx(1.0)
+    assert sr.ensemble_accuracy(results, "fft", 5) is None
+    assert sr.ensemble_accuracy(results, "missing", 1) is None
+
+
+def test_ensemble_rows():
+    results = _results()
+    rows = sr.ensemble_rows(results)
+    # fft has 4 runs (only ENS(3) fits), dsgd 3 (no DSGD(9)).
+    assert [r["method"] for r in rows] == ["ENS(3)"]
+    assert rows[0]["k"] == 3
+    assert rows[0]["seeds"] == [42, 52, 62]
+    assert rows[0]["accuracy"] == pytest.approx(4 / 6)
+    rows = sr.ensemble_rows(results, ks=(1, 3, 4, 5), dsgd_k=3)
+    assert [r["method"] for r in rows] == ["ENS(1)", "ENS(3)", "ENS(4)", "DSGD(3)"]
+    # ENS(4) votes 0 1 0 0 1 0 (column 2: 2,0,0,2 tie -> 0; column 4: 1,0,2,1 -> 1;
+    # column 5: 2,0,2,0 tie -> 0): columns 2 and 5 wrong -> 4/6.
+    assert [r["accuracy"] for r in rows] == pytest.approx([1.0, 4 / 6, 4 / 6, 1.0])
+    assert sr.ensemble_rows(results, base="focal", ks=(3,), dsgd="none")[0][
+        "accuracy"
+    ] == pytest.approx(1.0)  # focal votes 0 1 2 0 1 2
+
+
+def test_markdown_table():
+    table = sr.markdown_table(_results())
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + 3 + 1  # header, rule, 3 labels, ENS(3)
+    assert lines[0].startswith("| method | seeds | accuracy")
+    fft, dsgd, focal, ens = lines[2:]
+    assert fft.startswith("| fft | 4 | 62.50 ± 24.65 | 55.00 ± ")
+    assert "| 33.33 | 100.00 | 1/4 | 30 s |" in fft
+    assert dsgd.startswith("| dsgd | 3 | 83.33 ± 0.00 | 80.00 ± 0.00 |")
+    assert "| 0/3 | 7.0 min |" in dsgd
+    assert focal.startswith("| focal | 3 | 66.67 ± 23.57 |")
+    assert "| 0/3 |" in focal
+    assert ens == "| ENS(3) | 3 | 66.67 | — | — | — | — | — |"
+    assert "DSGD(9)" not in table
+
+
+def test_markdown_table_dsgd9_row():
+    results = _results()
+    extra = copy.deepcopy([r for r in results["runs"] if r["label"] == "dsgd"])
+    for i in range(6):  # six more dsgd seeds, all predicting every example right
+        extra.append({**extra[0], "seed": 72 + 10 * i, "predictions": list(TEST_LABELS)})
+    results["runs"] = [r for r in results["runs"] if r["label"] != "dsgd"] + extra
+    table = sr.markdown_table(results)
+    assert "| DSGD(9) | 9 | 100.00 | — |" in table
+    assert "| dsgd | 9 |" in table
+
+
+def test_plot_seed_accuracy(tmp_path, saved_figures):
+    path = sr.plot_seed_accuracy(_results(), tmp_path / "seeds.png")
+    assert path == tmp_path / "seeds.png"
+    assert _is_png(path)
+    (fig,) = saved_figures
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fft", "dsgd", "focal"]
+    assert "bert" in ax.get_title() and "toy" in ax.get_title()
+    # One red x: the collapsed fft seed 52 at 2/6.
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["collapsed run"]
+    red = [c for c in ax.collections if np.allclose(c.get_edgecolor()[0], [1, 0, 0, 1])]
+    assert len(red) == 1
+    np.testing.assert_allclose(red[0].get_offsets()[:, 1], [100 * 2 / 6])
+
+
+def test_plot_seed_accuracy_is_deterministic(tmp_path):
+    a = sr.plot_seed_accuracy(_results(), tmp_path / "a.png").read_bytes()
+    b = sr.plot_seed_accuracy(_results(), tmp_path / "b.png").read_bytes()
+    assert a == b
+
+
+def test_plot_epoch_curves(tmp_path, saved_figures):
+    path = sr.plot_epoch_curves(_results(), tmp_path / "epochs.png")
+    assert _is_png(path)
+    (fig,) = saved_figures
+    (ax,) = fig.axes
+    lines = {line.get_label().split(" ")[0]: line for line in ax.get_lines()}
+    assert set(lines) == {"fft", "dsgd", "focal"}
+    # fft: only epochs 1 and 2 are on all four seeds.
+    np.testing.assert_allclose(lines["fft"].get_xdata(), [1, 2])
+    np.testing.assert_allclose(lines["fft"].get_ydata(), [100 * 1.4 / 4, 100 * 2.2 / 4])
+    np.testing.assert_allclose(lines["dsgd"].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(lines["dsgd"].get_ydata(), [60, 80, 80])
+    assert len(ax.collections) == 3  # one mean ± std band per label
+
+
+def test_plot_conflict_trace(tmp_path, saved_figures):
+    path = sr.plot_conflict_trace(_results(), tmp_path / "conflict.png")
+    assert _is_png(path)
+    (fig,) = saved_figures
+    assert len(fig.axes) == 3
+    top, middle, bottom = fig.axes
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert labels == ["fft (seed 42)", "dsgd (seed 42)"]
+    np.testing.assert_allclose(top.get_lines()[0].get_xdata(), [5, 10, 15])
+    np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-0.3, -0.5, 0.1])
+    np.testing.assert_allclose(middle.get_lines()[1].get_ydata(), [1, 2, 3])
+    np.testing.assert_allclose(bottom.get_lines()[1].get_ydata(), [0, 0.1, 0.2])
+    assert len(top.get_lines()) == 3  # two runs and the dashed zero line
+    assert top.get_lines()[2].get_linestyle() == "--"
+
+
+def test_plot_conflict_trace_without_traces(tmp_path):
+    with pytest.raises(ValueError, match=r"no conflict traces.*--trace_seed"):
+        sr.plot_conflict_trace(_results(traces=False), tmp_path / "conflict.png")
+    assert not (tmp_path / "conflict.png").exists()
+
+
+def test_write_report(tmp_path):
+    paths = sr.write_report(_results(), tmp_path / "report")
+    assert set(paths) == {"table", "seed_accuracy", "epoch_curves", "conflict_trace"}
+    assert paths["table"].read_text() == sr.markdown_table(_results())
+    for name in ("seed_accuracy", "epoch_curves", "conflict_trace"):
+        assert paths[name].parent == tmp_path / "report"
+        assert _is_png(paths[name])
+    paths = sr.write_report(_results(traces=False), tmp_path / "no_trace")
+    assert set(paths) == {"table", "seed_accuracy", "epoch_curves"}
+    assert not (tmp_path / "no_trace" / "conflict_trace.png").exists()
