@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["check_config", "float32_norm", "from_preset", "num_params"]
+__all__ = ["add_noise", "check_config", "float32_norm", "from_preset", "head_noise", "num_params"]
 
 
 def check_config(config: Any, *, rates: Sequence[str]) -> None:
@@ -44,3 +44,25 @@ def float32_norm(layer_norm: nnx.LayerNorm, x: jax.Array) -> jax.Array:
 def num_params(module: nnx.Module) -> int:
     """Number of scalar parameters (elements of every ``nnx.Param``)."""
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def head_noise(noise: Any, first: str, second: str) -> tuple[Any, Any]:
+    """``noise`` of a model's ``classify`` as a pair (at ``first``'s and ``second``'s input)."""
+    if not isinstance(noise, (tuple, list)) or len(noise) != 2:
+        raise ValueError(
+            f"noise must be a pair (noise at the {first}'s input, noise at the {second}'s "
+            f"input), each None or an array; got {noise!r}"
+        )
+    return noise[0], noise[1]
+
+
+def add_noise(x: jax.Array, noise: Any) -> jax.Array:
+    """``x + noise`` in ``x``'s dtype (``x`` itself for None); noise must have x's shape."""
+    if noise is None:
+        return x
+    noise = jnp.asarray(noise)
+    if noise.shape != x.shape:
+        raise ValueError(
+            f"head noise has shape {noise.shape}, expected {x.shape} (the layer input's shape)"
+        )
+    return x + noise.astype(x.dtype)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsgd_jax.examples.nn import check_config, float32_norm, from_preset
+from dsgd_jax.examples.nn import add_noise, check_config, float32_norm, from_preset, head_noise
 from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
 
 _ACTIVATIONS = {
@@ -273,32 +273,11 @@ class BertClassifier(nnx.Module):
         ``noise[0]`` (or None) is added to the pooler's input, ``noise[1]`` (or None) to
         the classifier's input, after dropout; both are cast to the compute dtype.
         """
-        noise_pooler, noise_classifier = _check_noise(noise)
-        x = _add_noise(features, noise_pooler)
+        noise_pooler, noise_classifier = head_noise(noise, "pooler", "classifier")
+        x = add_noise(features, noise_pooler)
         pooled = jnp.tanh(self.pooler(x))
         pooled = self.dropout(pooled, deterministic=rngs is None, rngs=rngs)
-        return self.classifier(_add_noise(pooled, noise_classifier)).astype(jnp.float32)
-
-
-def _check_noise(noise):
-    """``noise`` as a pair, or ValueError."""
-    if not isinstance(noise, (tuple, list)) or len(noise) != 2:
-        raise ValueError(
-            f"noise must be a pair (noise at the pooler's input, noise at the classifier's "
-            f"input), each None or an array; got {noise!r}"
-        )
-    return noise
-
-
-def _add_noise(x, noise):
-    if noise is None:
-        return x
-    noise = jnp.asarray(noise)
-    if noise.shape != x.shape:
-        raise ValueError(
-            f"head noise has shape {noise.shape}, expected {x.shape} (the layer input's shape)"
-        )
-    return x + noise.astype(x.dtype)
+        return self.classifier(add_noise(pooled, noise_classifier)).astype(jnp.float32)
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")

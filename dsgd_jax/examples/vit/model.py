@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsgd_jax.examples.nn import check_config, float32_norm, from_preset
+from dsgd_jax.examples.nn import add_noise, check_config, float32_norm, from_preset, head_noise
 from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
 
 
@@ -225,24 +225,9 @@ class ViT(nnx.Module):
         ``rngs`` is accepted for symmetry with BERT's classify (there is no dropout here).
         """
         del rngs
-        if not isinstance(noise, (tuple, list)) or len(noise) != 2:
-            raise ValueError(
-                "noise must be a pair (noise at encoder_norm's input, noise at the head's "
-                f"input), each None or an array; got {noise!r}"
-            )
-        x = float32_norm(self.encoder_norm, _add_noise(features, noise[0]))
-        return self.head(_add_noise(x, noise[1])).astype(jnp.float32)
-
-
-def _add_noise(x, noise):
-    if noise is None:
-        return x
-    noise = jnp.asarray(noise)
-    if noise.shape != x.shape:
-        raise ValueError(
-            f"head noise has shape {noise.shape}, expected {x.shape} (the layer input's shape)"
-        )
-    return x + noise.astype(x.dtype)
+        noise_norm, noise_head = head_noise(noise, "encoder_norm", "head")
+        x = float32_norm(self.encoder_norm, add_noise(features, noise_norm))
+        return self.head(add_noise(x, noise_head)).astype(jnp.float32)
 
 
 def with_new_head(model: ViT, num_classes: int, *, rngs: nnx.Rngs) -> ViT:
