@@ -22,7 +22,7 @@ import os
 import platform
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ __all__ = [
     "collect_results",
     "expand_methods",
     "machine_info",
+    "previous_runs",
+    "run_config",
     "run_protocol",
 ]
 
@@ -171,6 +173,51 @@ def run_state(config: TrainConfig, workdir: Path) -> tuple[str, int | None]:
     return ("resume", max(epochs)) if epochs else ("new", None)
 
 
+def run_config(
+    config: TrainConfig, spec: MethodSpec, seed: int, trace_seed: int | None, conflict_every: int
+) -> TrainConfig:
+    """The settings of one (method, seed) run of the protocol."""
+    run = dataclasses.replace(spec.apply(config), seed=seed, progress=False)
+    if seed == trace_seed and spec.label in TRACED and conflict_every:
+        run = dataclasses.replace(run, conflict_every=conflict_every)
+    run.validate()
+    return run
+
+
+def previous_runs(
+    path: Path,
+    config: TrainConfig,
+    methods: Sequence[MethodSpec],
+    seeds: Sequence[int],
+    *,
+    trace_seed: int | None = None,
+    conflict_every: int = 0,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The runs of an earlier ``results.json`` that this protocol would train again.
+
+    A run counts when its label and seed are asked for and its settings equal the
+    ones this protocol would use, so a committed ``results.json`` lets a later
+    session (or machine) add seeds or methods without redoing the finished ones.
+    """
+    if not path.exists():
+        return {}
+    from dsgd_jax.examples.stability_report import load_results
+
+    wanted = {
+        (spec.label, seed): _comparable(
+            run_config(config, spec, seed, trace_seed, conflict_every).to_dict()
+        )
+        for spec in methods
+        for seed in seeds
+    }
+    found = {}
+    for run in load_results(path)["runs"]:
+        key = (run["label"], run["seed"])
+        if key in wanted and run.get("finished") and _comparable(run["config"]) == wanted[key]:
+            found[key] = run
+    return found
+
+
 def run_protocol(
     config: TrainConfig,
     methods: Sequence[MethodSpec],
@@ -181,6 +228,7 @@ def run_protocol(
     conflict_every: int = 0,
     vmap_seeds: bool = False,
     progress: bool = True,
+    skip: Collection[tuple[str, int]] = (),
 ) -> None:
     """Trains every (method, seed) not yet finished under ``runs_dir/<method>/seed<seed>``.
 
@@ -188,7 +236,8 @@ def run_protocol(
     epoch train together as one vmapped program
     (:func:`dsgd_jax.examples.seeds.train_seeds`); otherwise one after another.
     ``trace_seed`` runs of FFT and DSGD log the gradient conflict every
-    ``conflict_every`` steps (it does not change their training).
+    ``conflict_every`` steps (it does not change their training). ``skip`` lists
+    ``(label, seed)`` pairs already done elsewhere (see :func:`previous_runs`).
     """
     from tqdm.auto import tqdm
 
@@ -197,17 +246,12 @@ def run_protocol(
     for spec in methods:
         groups: dict[Any, list[tuple[int, TrainConfig, Path]]] = {}
         for seed in seeds:
-            run_config = dataclasses.replace(spec.apply(config), seed=seed, progress=False)
-            if seed == trace_seed and spec.label in TRACED and conflict_every:
-                run_config = dataclasses.replace(run_config, conflict_every=conflict_every)
-            run_config.validate()
+            run = run_config(config, spec, seed, trace_seed, conflict_every)
             workdir = runs_dir / spec.dirname / f"seed{seed}"
-            state, epoch = run_state(run_config, workdir)
-            if state != "done":
-                run_config = dataclasses.replace(run_config, resume=True)
-                groups.setdefault((epoch, run_config.conflict_every), []).append(
-                    (seed, run_config, workdir)
-                )
+            state, epoch = run_state(run, workdir)
+            if state != "done" and (spec.label, seed) not in skip:
+                run = dataclasses.replace(run, resume=True)
+                groups.setdefault((epoch, run.conflict_every), []).append((seed, run, workdir))
         plan.append((spec, groups))
     total = len(methods) * len(seeds)
     todo = sum(len(g) for _, groups in plan for g in groups.values())
@@ -226,9 +270,9 @@ def run_protocol(
                     bar.update(len(group))
                 else:
                     summaries = []
-                    for seed, run_config, workdir in group:
+                    for seed, run, workdir in group:
                         bar.set_postfix_str(f"{spec.label} seed {seed}")
-                        summaries.append(train_and_evaluate(run_config, workdir))
+                        summaries.append(train_and_evaluate(run, workdir))
                         bar.update(1)
                 bar.write(_line(spec.label, summaries))
 
@@ -251,13 +295,16 @@ def collect_results(
     *,
     example: str,
     command: str,
+    previous: Mapping[tuple[str, int], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``results.json`` content from the finished runs under ``runs_dir``.
 
-    Runs that have not finished are left out (and listed under ``missing``).
+    A run missing there is taken from ``previous`` (see :func:`previous_runs`) if
+    it is in it; runs found nowhere are left out and listed under ``missing``.
     """
     runs_dir = Path(runs_dir)
     data = config.load_data()
+    machine = machine_info()
     runs, missing = [], []
     for spec in methods:
         for seed in seeds:
@@ -265,7 +312,10 @@ def collect_results(
             path = workdir / "summary.json"
             summary = json.loads(path.read_text()) if path.exists() else None
             if not summary or not summary.get("finished"):
-                missing.append(f"{spec.label} seed {seed}")
+                if previous and (spec.label, seed) in previous:
+                    runs.append(previous[(spec.label, seed)])
+                else:
+                    missing.append(f"{spec.label} seed {seed}")
                 continue
             records = [
                 json.loads(line)
@@ -276,6 +326,7 @@ def collect_results(
             runs.append(
                 {
                     "label": spec.label,
+                    "machine": machine,
                     **summary,
                     "epoch_metrics": [
                         {k: r[k] for k in ("epoch", "accuracy", "macro_f1", "collapsed")}
@@ -293,7 +344,7 @@ def collect_results(
         "example": example,
         "task": config.task_name,
         "command": command,
-        "machine": machine_info(),
+        "machine": machine,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "class_names": list(data.class_names),
         "test_labels": [int(x) for x in data.test.labels],
@@ -370,17 +421,20 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if args.conflict_every < 0:
             raise ValueError("--conflict_every must be >= 0.")
         runs_dir = args.runs_dir or Path("runs/stability") / args.out.name
+        trace = {"trace_seed": args.trace_seed, "conflict_every": args.conflict_every}
+        previous = previous_runs(args.out / "results.json", config, methods, seeds, **trace)
         if not args.report_only:
             run_protocol(
-                config, methods, seeds, runs_dir, trace_seed=args.trace_seed,
-                conflict_every=args.conflict_every, vmap_seeds=args.vmap, progress=args.progress,
+                config, methods, seeds, runs_dir, vmap_seeds=args.vmap, progress=args.progress,
+                skip=previous, **trace,
             )  # fmt: skip
         command = "python benchmarks/stability.py " + shlex.join(
             a for a in argv if a not in ("--report_only", "--no-progress")
         )
         results = collect_results(
-            config, methods, seeds, runs_dir, example=args.example, command=command
-        )
+            config, methods, seeds, runs_dir, example=args.example, command=command,
+            previous=previous,
+        )  # fmt: skip
     except (ValueError, KeyError, OSError, FloatingPointError) as e:
         if os.environ.get("DSGD_TRACEBACK"):
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -45,7 +46,10 @@ def test_runner_writes_results_table_and_plots_then_resumes(tmp_path, monkeypatc
     for name in ("seed_accuracy.png", "epoch_curves.png", "conflict_trace.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Started again with one more seed: only the new seed trains.
+    # Started again with one more seed: only the new seed trains. DSGD's finished runs
+    # come from the committed results.json alone (as on a new machine), FFT's from
+    # their workdirs.
+    shutil.rmtree(tmp_path / "runs" / "dsgd")
     trained = []
     real = stability.train_and_evaluate
 
@@ -56,8 +60,12 @@ def test_runner_writes_results_table_and_plots_then_resumes(tmp_path, monkeypatc
     monkeypatch.setattr(stability, "train_and_evaluate", counting)
     assert _cli(tmp_path, "--methods=fft,dsgd", "--seeds=42,52,62", "--conflict_every=2") == 0
     assert trained == [("fft", 62), ("dsgd", 62)]
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["runs"]) == 6 and not results["missing"]
+    again = json.loads((out / "results.json").read_text())
+    assert len(again["runs"]) == 6 and not again["missing"]
+    kept = {(r["label"], r["seed"]): r["predictions"] for r in results["runs"]}
+    for run in again["runs"]:
+        if (run["label"], run["seed"]) in kept:
+            assert run["predictions"] == kept[(run["label"], run["seed"])]
 
 
 def test_runner_resumes_an_interrupted_seed(tmp_path):
