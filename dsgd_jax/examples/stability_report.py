@@ -406,7 +406,7 @@ def plot_epoch_curves(results: Mapping[str, Any], path: str | Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("eval accuracy (%)")
-    ax.set_title(_title(results, "eval accuracy per epoch (mean ± std over seeds)"))
+    ax.set_title(_title(results, "eval accuracy per epoch\n(mean ± std over seeds)"))
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     return _save(fig, path)
