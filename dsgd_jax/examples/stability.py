@@ -524,7 +524,10 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
             f"{t['vmapped_s']:.0f} s as one vmapped program against {t['sequential_s']:.0f} s "
             f"one after another, a speed-up of {t['speedup']:.2f}x on {m['cpu']} "
             f"({m['cores']} cores, {m['device']}), with the same predictions for "
-            f"{t['same_predictions']} seeds."
+            f"{t['same_predictions']} seeds. Both times include compiling, once for the "
+            "vmapped program and once per sequential run, which dominates so short a run; "
+            "on a CPU the training itself is compute-bound, so for long runs expect less "
+            "(the per-run times of the vmapped protocol runs below include it)."
         )
     if not folders:
         parts.append("No protocol run has been committed yet.")
