@@ -543,8 +543,7 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
             "",
             f"`{results['command']}` on {machine['cpu']} ({machine['cores']} cores, "
             f"{machine['device']}; jax {machine['jax']}, flax {machine['flax']}). Per-seed "
-            f"results, plots: `{rel}/`."
-            + (f" Not finished: {', '.join(results['missing'])}." if results["missing"] else ""),
+            f"results, plots: `{rel}/`." + _missing(results["missing"]),
             "",
             markdown_table(results).strip(),
             "",
@@ -556,6 +555,16 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
         ]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
+
+
+def _missing(missing: Sequence[str]) -> str:
+    counts: dict[str, int] = {}
+    for entry in missing:  # "label seed N"
+        label = entry.rsplit(" seed ", 1)[0]
+        counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return ""
+    return " Not run yet: " + ", ".join(f"{k} ({n} seeds)" for k, n in counts.items()) + "."
 
 
 def results_folders(root: Path) -> list[Path]:
