@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
+
+from dsgd_jax.examples.stability import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -31,30 +30,10 @@ def results_path(example: str) -> Path:
     return ROOT / "benchmarks" / "results" / f"{example}_default.json"
 
 
-def machine() -> dict[str, str]:
-    import jax
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "device": str(jax.devices()[0].device_kind),
-        "python": platform.python_version(),
-        **{pkg: metadata.version(pkg) for pkg in ("jax", "optax", "flax", "dsgd-jax")},
-    }
-
-
 def run(example: str, workdir_root: Path) -> dict:
     module = EXAMPLES[example]["module"]
     main = importlib.import_module(f"{module}.__main__").main
-    results = {"example": example, "machine": machine(), "runs": {}}
+    results = {"example": example, "machine": machine_info(), "runs": {}}
     for method in ("fft", "dsgd"):
         workdir = workdir_root / f"{example}-{method}"
         done = workdir / "summary.json"

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from dsgd_jax.examples.data import ArraySplit, TaskData
@@ -57,3 +58,11 @@ class ToyConfig(TrainConfig):
 def config(**overrides):
     base = dict(num_epochs=2, batch_size=8, learning_rate=1e-2, progress=False, log_every=3)
     return ToyConfig(**{**base, **overrides})
+
+
+def saved_tree(workdir, epoch):
+    """The ``{"model", "optimizer"}`` tree of a run's checkpoint of ``epoch``."""
+    manager = ocp.CheckpointManager(workdir / "checkpoints")
+    tree = manager.restore(epoch)
+    manager.close()
+    return tree

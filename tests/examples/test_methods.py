@@ -6,20 +6,12 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from _toy import ToyConfig
+from _toy import ToyConfig, saved_tree
 from _toy import config as toy_config
 
 from dsgd_jax.examples.bert.config import BertExampleConfig
 from dsgd_jax.examples.train import train_and_evaluate
-
-
-def _checkpoint(workdir, epoch):
-    manager = ocp.CheckpointManager(workdir / "checkpoints")
-    tree = manager.restore(epoch)
-    manager.close()
-    return tree
 
 
 @pytest.mark.parametrize("method", ["focal", "pcgrad", "noisytune", "lnsr", "swa"])
@@ -35,7 +27,7 @@ def test_each_baseline_trains_and_logs(tmp_path, method):
 def test_swa_evaluates_the_average_of_the_snapshots(tmp_path):
     # 7 updates per epoch; snapshots after updates 7 and 14 = the two epoch checkpoints.
     summary = train_and_evaluate(toy_config(method="swa", swa_start=0.0, swa_every=7), tmp_path)
-    trees = [jax.tree.map(np.asarray, _checkpoint(tmp_path, epoch)["model"]) for epoch in (1, 2)]
+    trees = [jax.tree.map(np.asarray, saved_tree(tmp_path, epoch)["model"]) for epoch in (1, 2)]
     mean = {
         layer: {k: np.mean([t[layer][k] for t in trees], axis=0) for k in ("kernel", "bias")}
         for layer in ("hidden", "out")
@@ -55,8 +47,8 @@ def test_noisytune_starts_from_perturbed_weights(tmp_path):
     fft = train_and_evaluate(toy_config(method="fft", num_epochs=1), tmp_path / "fft")
     noisy = train_and_evaluate(toy_config(method="noisytune", num_epochs=1), tmp_path / "nt")
     assert fft["predictions"] != noisy["predictions"] or not np.allclose(
-        _checkpoint(tmp_path / "fft", 1)["model"]["hidden"]["kernel"],
-        _checkpoint(tmp_path / "nt", 1)["model"]["hidden"]["kernel"],
+        saved_tree(tmp_path / "fft", 1)["model"]["hidden"]["kernel"],
+        saved_tree(tmp_path / "nt", 1)["model"]["hidden"]["kernel"],
     )
 
 
@@ -72,8 +64,8 @@ def test_lora_trains_adapters_and_head_only(tmp_path):
         tmp_path / "init",
     )  # fmt: skip
     assert frozen["finished"]
-    trained = _checkpoint(tmp_path / "lora", 1)["model"]
-    init = _checkpoint(tmp_path / "init", 1)["model"]
+    trained = saved_tree(tmp_path / "lora", 1)["model"]
+    init = saved_tree(tmp_path / "init", 1)["model"]
     layer = trained["encoder"]["layers"]["0"]
     hidden = 32  # the tiny preset
     assert layer["query"]["lora_a"].shape == (hidden, 4) and layer["value"]["lora_b"].shape == (

@@ -7,21 +7,14 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from _toy import config as toy_config
+from _toy import saved_tree
 
 from dsgd_jax.examples.seeds import train_seeds
 from dsgd_jax.examples.train import train_and_evaluate
 
 SEEDS = (42, 52)
-
-
-def _params(workdir, epoch):
-    manager = ocp.CheckpointManager(workdir / "checkpoints")
-    tree = manager.restore(epoch)
-    manager.close()
-    return tree
 
 
 def _steps(workdir):
@@ -54,8 +47,8 @@ def test_vmapped_seeds_equal_sequential_runs(tmp_path, overrides):
         assert vec["vmapped_seeds"] == len(SEEDS) and vec["finished"]
         assert vec["predictions"] == seq["predictions"]
         assert vec["accuracy"] == seq["accuracy"]
-        a = jax.tree.leaves(_params(tmp_path / "seq" / str(seq["seed"]), 2))
-        b = jax.tree.leaves(_params(tmp_path / "vmap" / str(seq["seed"]), 2))
+        a = jax.tree.leaves(saved_tree(tmp_path / "seq" / str(seq["seed"]), 2))
+        b = jax.tree.leaves(saved_tree(tmp_path / "vmap" / str(seq["seed"]), 2))
         assert len(a) == len(b) > 0
         for x, y in zip(a, b, strict=True):
             np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
@@ -66,7 +59,7 @@ def test_vmapped_seeds_equal_sequential_runs(tmp_path, overrides):
             [r["loss"] for r in vec_steps], [r["loss"] for r in seq_steps], rtol=1e-5
         )
     # Different seeds really are different runs.
-    first = [_params(tmp_path / "vmap" / str(s), 2)["model"]["out"]["kernel"] for s in SEEDS]
+    first = [saved_tree(tmp_path / "vmap" / str(s), 2)["model"]["out"]["kernel"] for s in SEEDS]
     assert not np.allclose(first[0], first[1])
 
 
@@ -80,8 +73,8 @@ def test_vmapped_group_stops_and_resumes_exactly(tmp_path):
     for a, b, seed in zip(full, resumed, SEEDS, strict=True):
         assert b["finished"] and a["predictions"] == b["predictions"]
         for x, y in zip(
-            jax.tree.leaves(_params(tmp_path / "full" / str(seed), 3)),
-            jax.tree.leaves(_params(tmp_path / "split" / str(seed), 3)),
+            jax.tree.leaves(saved_tree(tmp_path / "full" / str(seed), 3)),
+            jax.tree.leaves(saved_tree(tmp_path / "split" / str(seed), 3)),
             strict=True,
         ):
             np.testing.assert_array_equal(x, y)

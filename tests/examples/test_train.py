@@ -7,9 +7,8 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from _toy import ToyConfig
+from _toy import ToyConfig, saved_tree
 from _toy import config as _config
 
 from dsgd_jax.examples import metrics as metrics_lib
@@ -20,13 +19,6 @@ from dsgd_jax.examples.train import train_and_evaluate
 def _records(workdir, kind):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
-def _saved_params(workdir, epoch):
-    manager = ocp.CheckpointManager(workdir / "checkpoints")
-    tree = manager.restore(epoch)
-    manager.close()
-    return tree
 
 
 def test_every_step_logged_with_lambda_on_the_linear_ramp(tmp_path):
@@ -77,7 +69,7 @@ def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, accum):
     assert not first["finished"] and first["epochs"] == 1
     resumed = train_and_evaluate(dataclasses.replace(config, resume=True), tmp_path / "split")
     assert resumed["finished"]
-    a, b = _saved_params(tmp_path / "full", 3), _saved_params(tmp_path / "split", 3)
+    a, b = saved_tree(tmp_path / "full", 3), saved_tree(tmp_path / "split", 3)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b, strict=True):
@@ -154,8 +146,8 @@ def test_conflict_logging_does_not_change_training(tmp_path):
     assert _records(tmp_path / "traced", "conflict")
     assert traced["predictions"] == plain["predictions"]
     for x, y in zip(
-        jax.tree.leaves(_saved_params(tmp_path / "plain", 2)),
-        jax.tree.leaves(_saved_params(tmp_path / "traced", 2)),
+        jax.tree.leaves(saved_tree(tmp_path / "plain", 2)),
+        jax.tree.leaves(saved_tree(tmp_path / "traced", 2)),
         strict=True,
     ):
         np.testing.assert_array_equal(x, y)
