@@ -66,6 +66,6 @@ def latest_model_tree(directory: str | Path) -> dict[str, Any]:
         epoch = manager.latest_step()
         if epoch is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint.")
-        return manager.restore(epoch)["model"]
+        return manager.restore(epoch, args=ocp.args.StandardRestore())["model"]
     finally:
         manager.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from _toy import ToyConfig, saved_tree
 from _toy import config as _config
 
+from dsgd_jax.examples import checkpoint
 from dsgd_jax.examples import metrics as metrics_lib
 from dsgd_jax.examples.data import ArraySplit, batches
 from dsgd_jax.examples.train import train_and_evaluate
@@ -77,6 +79,20 @@ def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, accum):
     assert resumed["predictions"] == full["predictions"]
     full_log = (tmp_path / "full" / "metrics.jsonl").read_text()
     assert (tmp_path / "split" / "metrics.jsonl").read_text() == full_log
+
+
+def test_latest_model_tree_reads_the_newest_epoch_quietly(tmp_path, caplog):
+    train_and_evaluate(_config(num_epochs=2), tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        tree = checkpoint.latest_model_tree(tmp_path / "checkpoints")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    expected = jax.tree.leaves(saved_tree(tmp_path, 2)["model"])
+    assert len(jax.tree.leaves(tree)) == len(expected) > 0
+    for x, y in zip(jax.tree.leaves(tree), expected, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        checkpoint.latest_model_tree(tmp_path / "empty")
 
 
 def test_existing_run_needs_resume(tmp_path):
