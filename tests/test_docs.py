@@ -147,3 +147,16 @@ def test_readme_stability_results_come_from_the_committed_files():
             assert run["accuracy"] == pytest.approx(accuracy)
         for plot in ("seed_accuracy.png", "epoch_curves.png"):
             assert (folder / plot).exists()
+
+
+def test_readme_performance_results_come_from_the_committed_files():
+    from dsgd_jax.examples import overhead
+
+    assert overhead.readme_section(ROOT) in README, "run python benchmarks/performance_readme.py"
+    for path in overhead.results_files(ROOT):
+        result = json.loads(path.read_text())
+        for entry in result["configs"].values():
+            # Every committed summary is what its raw timings give.
+            for name, s in entry["variants"].items():
+                assert s["median_s"] == pytest.approx(np.median(entry["times_s"][name]), rel=1e-12)
+            assert len(entry["times_s"]["adamw"]) == result["steps"]

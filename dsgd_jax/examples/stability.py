@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dsgd_jax.examples import readme_blocks
 from dsgd_jax.examples.train import _RESUME_FREE, METHODS, TrainConfig, train_and_evaluate
 
 __all__ = [
@@ -575,12 +576,5 @@ def results_folders(root: Path) -> list[Path]:
 def update_readme(root: Path) -> str:
     """Rewrites the README's results section from the committed results; returns it."""
     section = readme_section(results_folders(root), root)
-    readme_path = root / "README.md"
-    readme = readme_path.read_text()
-    start_tag, end_tag = f"<!-- {README_MARKER} -->", f"<!-- /{README_MARKER} -->"
-    if start_tag not in readme:
-        raise ValueError(f"README.md has no {start_tag} block to fill.")
-    start = readme.index(start_tag)
-    end = readme.index(end_tag) + len(end_tag)
-    readme_path.write_text(readme[:start] + section + readme[end:])
+    readme_blocks.fill_block(root / "README.md", README_MARKER, section)
     return section

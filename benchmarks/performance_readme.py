@@ -1,0 +1,16 @@
+"""Rewrites README.md's performance results from benchmarks/results/step_overhead/*/results.json.
+
+    python benchmarks/performance_readme.py
+
+Run it after committing a benchmarks/step_overhead.py run; the test suite checks
+that the README's section equals what this writes.
+"""
+
+import sys
+from pathlib import Path
+
+from dsgd_jax.examples.overhead import update_readme
+
+if __name__ == "__main__":
+    print(update_readme(Path(__file__).resolve().parents[1]))
+    sys.exit(0)

@@ -1,0 +1,76 @@
+"""DSGD's train-step time against plain AdamW, diagnostics and PCGrad, side by side.
+
+    python benchmarks/step_overhead.py --quick     # tiny BERT and ViT, about a minute on CPU
+    python benchmarks/step_overhead.py             # MiniLM-L6, BERT-base, tiny ViT, ViT-B/16
+    python benchmarks/step_overhead.py --configs=minilm-l6,vit-tiny --steps=50
+
+Each config's four variants (``adamw``, ``dsgd``, ``dsgd+diagnostics``,
+``pcgrad``; see :mod:`dsgd_jax.examples.overhead`) are compiled and warmed up
+first, then timed in interleaved rounds (A B C D A B C D ...) in this one
+process. Writes ``results.json``, ``table.md`` and ``ratios.png`` to
+``benchmarks/results/step_overhead/<quick|full>-<cpu|gpu>/`` (or ``--out``) and
+prints the table, the machine and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import jax
+
+from dsgd_jax.examples import overhead
+from dsgd_jax.examples.stability import machine_info
+
+RESULTS = Path(__file__).resolve().parent / "results" / "step_overhead"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny configs, 5 rounds")
+    parser.add_argument(
+        "--configs", default="", help=f"comma-separated, from {', '.join(overhead.CONFIGS)}"
+    )
+    parser.add_argument("--steps", type=int, default=0, help="timed rounds (default 20; quick 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+    configs = args.configs.split(",") if args.configs else None
+    args.configs = configs or list(overhead.QUICK if args.quick else overhead.FULL)
+    unknown = [c for c in args.configs if c not in overhead.CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}")
+    args.steps = args.steps or (5 if args.quick else 20)
+    if args.steps < 1:
+        parser.error(f"--steps={args.steps}: give at least 1 timed round (20 for real figures)")
+    if args.warmup < 0:
+        parser.error(f"--warmup={args.warmup}: give 0 or more")
+    platform = jax.devices()[0].platform
+    args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{platform}"
+    return args
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    machine = machine_info()
+    print(f"machine: {machine}")
+    configs = overhead.run_benchmark(args.configs, steps=args.steps, warmup=args.warmup)
+    result = {
+        "command": "python benchmarks/step_overhead.py " + " ".join(argv),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "configs": configs,
+    }
+    files = overhead.write_outputs(result, args.out)
+    print(overhead.markdown_table(configs))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

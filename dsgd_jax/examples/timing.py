@@ -1,0 +1,98 @@
+"""Side-by-side step timing: interleaved rounds, medians, IQRs and per-pair ratios.
+
+Shared machines are noisy, so the benchmarks never compare numbers taken at
+different moments. :func:`interleaved` calls every variant once per round (A B
+C A B C ...), after each has warmed up, so slow spells hit all variants alike;
+:func:`summarize` then reports each variant's median and interquartile range and,
+against a baseline, the median of the per-round ratios. No JAX needed here: the
+PyTorch peer uses the same functions.
+
+>>> rounds = {"a": [1.0, 2.0, 3.0, 4.0], "b": [2.0, 4.0, 6.0, 8.0]}
+>>> summarize(rounds, baseline="a")["b"]["ratio_median"]
+2.0
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["interleaved", "peak_rss_bytes", "quantile", "summarize"]
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[], Any]], *, steps: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant over ``steps`` interleaved rounds.
+
+    Each callable runs one step and must return only once the step is done
+    (``jax.block_until_ready``, ``torch.cuda.synchronize``). Every variant is
+    first called ``warmup`` times (compilation, caches), then round ``i`` calls
+    each variant once, in the given order.
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1.")
+    if warmup < 0:
+        raise ValueError(f"warmup={warmup} must be 0 or more.")
+    if not variants:
+        raise ValueError("variants is empty; pass at least one named step function.")
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(steps):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile of ``values`` with linear interpolation (NumPy's default)."""
+    if not values:
+        raise ValueError("quantile of an empty sequence")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Median, quartiles and IQR of each variant's step times; ratios against ``baseline``.
+
+    ``ratio_median`` is the median over rounds of ``variant[i] / baseline[i]``
+    (a pair measured back to back), with its quartiles.
+    """
+    if baseline not in times:
+        raise ValueError(f"baseline={baseline!r} is not one of the variants {sorted(times)}.")
+    base = times[baseline]
+    out = {}
+    for name, values in times.items():
+        if len(values) != len(base):
+            raise ValueError(f"{name} has {len(values)} rounds, {baseline} has {len(base)}.")
+        ratios = [v / b for v, b in zip(values, base, strict=True)]
+        q25, q75 = quantile(values, 0.25), quantile(values, 0.75)
+        out[name] = {
+            "median_s": statistics.median(values),
+            "q25_s": q25,
+            "q75_s": q75,
+            "iqr_s": q75 - q25,
+            "ratio_median": statistics.median(ratios),
+            "ratio_q25": quantile(ratios, 0.25),
+            "ratio_q75": quantile(ratios, 0.75),
+            "rounds": len(values),
+        }
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, in bytes (POSIX)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
