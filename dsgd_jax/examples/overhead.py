@@ -87,7 +87,7 @@ QUICK = ("bert-tiny", "vit-tiny")
 FULL = ("minilm-l6", "bert-base", "vit-tiny", "vit-b16")
 
 
-def _model_and_batch(spec: ModelSpec, seed: int):
+def model_and_batch(spec: ModelSpec, seed: int):
     rngs = nnx.Rngs(seed)
     rng = np.random.default_rng(seed)
     b = spec.batch_size
@@ -165,7 +165,7 @@ def prepare(spec: ModelSpec, variant: str, *, seed: int = 0, total_updates: int 
     the compiled program (argument, output and temporary bytes).
     """
     fn = _variant_step(variant, total_updates)
-    model, batch = _model_and_batch(spec, seed)
+    model, batch = model_and_batch(spec, seed)
     optimizer = nnx.Optimizer(model, make_optimizer(TrainConfig(), total_updates), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
 
@@ -363,8 +363,35 @@ def readme_section(root: Path) -> str:
             "",
             f"![step-time ratios]({rel}/ratios.png)",
         ]
+    for path in sorted((root / "benchmarks" / "results" / "torch_peer").glob("*/results.json")):
+        parts += ["", _torch_peer_paragraph(json.loads(path.read_text()))]
+    seeds = root / "benchmarks" / "results" / "vmap_seeds.json"
+    if seeds.exists():
+        t = json.loads(seeds.read_text())
+        parts += [
+            "",
+            f"Seeds: `{t['command'].strip()}` trained {len(t['seeds'])} seeds of the small ViT "
+            f"({t['config']['num_epochs']} epochs, compile included) in {t['vmapped_s']:.0f} s as "
+            f"one vmapped program against {t['sequential_s']:.0f} s one run after another "
+            f"({t['speedup']:.2f}x, {t['machine']['cpu']}, {t['machine']['cores']} cores).",
+        ]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
+
+
+def _torch_peer_paragraph(r: dict[str, Any]) -> str:
+    m, v, ratios = r["machine"], r["variants"], r["ratios"]
+    return (
+        f"PyTorch peer: `{r['command'].strip()}`, {r['description']}, on {m['cpu']} "
+        f"({m['cores']} cores; JAX on {m['jax_backend']}, torch {m['torch']} on "
+        f"{m['torch_device']} with {m['torch_threads']} threads), {r['steps']} rounds. "
+        f"The two models give the same logits (largest difference "
+        f"{r['max_abs_logit_diff']:.1e}). DSGD step: JAX {v['jax_dsgd']['median_s'] * 1e3:.1f} ms, "
+        f"PyTorch {v['torch_dsgd']['median_s'] * 1e3:.1f} ms (median); JAX/PyTorch "
+        f"{ratios['jax_dsgd/torch_dsgd']:.2f}; DSGD/AdamW within JAX "
+        f"{ratios['jax_dsgd/jax_adamw']:.3f}, within PyTorch "
+        f"{ratios['torch_dsgd/torch_adamw']:.3f} (medians of per-round ratios)."
+    )
 
 
 def update_readme(root: Path) -> str:

@@ -1,0 +1,513 @@
+"""DSGD step time in JAX against the same step in PyTorch, interleaved in one process.
+
+    python benchmarks/torch_peer.py                    # MiniLM-L6 BERT, batch 32 x 128, 20 rounds
+    python benchmarks/torch_peer.py --quick            # tiny BERT, batch 8 x 32, 5 rounds
+    python benchmarks/torch_peer.py --device=cuda --threads=8 --out=/tmp/peer
+
+Builds the BERT example's model (``dsgd_jax.examples.overhead``, random weights,
+a random batch with half the examples padded to half length) and a PyTorch
+``nn.Module`` of the same architecture, copies the JAX weights into it and checks
+in eval mode that both give the same logits (and the same DSGD loss). Then times
+four train steps in interleaved rounds (``dsgd_jax.examples.timing``):
+
+- ``jax_adamw``, ``jax_dsgd``: ``overhead.prepare(spec, "adamw" | "dsgd")``, the
+  compiled JAX steps (masked-mean cross-entropy / the examples' DSGD step; global-norm
+  clipping, AdamW with weight decay on matrices, warm-up and linear decay).
+- ``torch_adamw``, ``torch_dsgd``: the same steps as a PyTorch user writes them
+  (eager mode): per-example ``F.cross_entropy``, DSGD weights lambda on correctly
+  classified examples and 1 on the rest, the mean over the n valid examples,
+  ``backward``, ``clip_grad_norm_``, ``torch.optim.AdamW`` (two param groups) with a
+  ``LambdaLR`` warm-up/decay schedule.
+
+Reports each step's median and IQR, the JAX/PyTorch DSGD ratio (median of the
+per-round ratios) and each framework's own DSGD/AdamW ratio; writes
+``results.json`` and ``table.md`` to ``--out`` (default
+``benchmarks/results/torch_peer/<quick|full>-<cpu|gpu>``).
+
+On a CPU that other jobs keep busy, torch's default thread pool (one thread per
+core) can stall on every parallel op while a worker waits to be scheduled, which
+makes eager PyTorch look several times slower than it is; compare with
+``--threads=1`` there (the load average is recorded in ``results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+from flax import nnx, traverse_util
+from torch import nn
+
+import dsgd_jax
+from dsgd_jax.examples import overhead, timing
+from dsgd_jax.examples.bert.model import BertConfig
+from dsgd_jax.examples.stability import machine_info
+from dsgd_jax.examples.train import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results" / "torch_peer"
+BERT_CONFIGS = tuple(name for name, spec in overhead.CONFIGS.items() if spec.example == "bert")
+ORDER = ("jax_adamw", "jax_dsgd", "torch_adamw", "torch_dsgd")
+BASELINE = "torch_dsgd"
+LAMBDA = 0.5  # the torch step's fixed DSGD weight of correctly classified examples
+MAX_LOGIT_DIFF = 1e-3
+TOTAL_UPDATES = 1000  # overhead.prepare's default: sets both sides' lr schedules
+_GELU = {"gelu": "none", "gelu_new": "tanh"}  # BertConfig.hidden_act -> F.gelu's approximate
+
+
+# ----------------------------------------------------------------------------- torch model
+# Attribute names follow dsgd_jax.examples.bert.model one-to-one, so the weight copy is
+# a renaming (kernel/embedding/scale -> weight) plus a transpose of each Linear kernel.
+
+
+class TorchBertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, h)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h)
+        self.layer_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions)[None]
+        return self.dropout(self.layer_norm(x))
+
+
+class TorchBertLayer(nn.Module):
+    """One post-LayerNorm transformer block: self-attention, then the feed-forward net."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        h, self.num_heads = config.hidden_size, config.num_attention_heads
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(h, h)
+        self.value = nn.Linear(h, h)
+        self.attention_output = nn.Linear(h, h)
+        self.attention_layer_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(h, config.intermediate_size)
+        self.output = nn.Linear(config.intermediate_size, h)
+        self.output_layer_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.attention_dropout_p = config.attention_probs_dropout_prob
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.gelu_approximate = _GELU[config.hidden_act]
+
+    def forward(self, x, additive_mask):
+        """``x``: [B, L, H]; ``additive_mask``: [B, 1, 1, L], 0 for tokens, a large negative
+        for padding (Hugging Face's convention; the JAX side replaces those scores)."""
+        b, seq, h = x.shape
+        q, k, v = (
+            m(x).view(b, seq, self.num_heads, h // self.num_heads).transpose(1, 2)
+            for m in (self.query, self.key, self.value)
+        )
+        p = self.attention_dropout_p if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=p)
+        context = context.transpose(1, 2).reshape(b, seq, h)
+        x = self.attention_layer_norm(x + self.hidden_dropout(self.attention_output(context)))
+        y = self.output(F.gelu(self.intermediate(x), approximate=self.gelu_approximate))
+        return self.output_layer_norm(x + self.hidden_dropout(y))
+
+
+class TorchBertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.embeddings = TorchBertEmbeddings(config)
+        self.layers = nn.ModuleList(
+            [TorchBertLayer(config) for _ in range(config.num_hidden_layers)]
+        )
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        x = self.embeddings(input_ids, token_type_ids)
+        keep = attention_mask[:, None, None, :].to(x.dtype)
+        additive_mask = (1.0 - keep) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            x = layer(x, additive_mask)
+        return x
+
+
+class TorchBertClassifier(nn.Module):
+    """Encoder, then [CLS] hidden -> pooler (Linear, tanh) -> dropout -> Linear head."""
+
+    def __init__(self, config: BertConfig, num_classes: int):
+        super().__init__()
+        self.encoder = TorchBertEncoder(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_classes)
+
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.encoder(
+            inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"]
+        )
+        return hidden[:, 0]
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = torch.tanh(self.pooler(self.features(inputs)))
+        return self.classifier(self.dropout(pooled))
+
+
+def copy_jax_weights(jax_model: nnx.Module, torch_model: nn.Module) -> int:
+    """Copies every ``nnx.Param`` into the same-named torch parameter; returns the count.
+
+    Raises ValueError when a name or a shape has no counterpart on the other side.
+    """
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(jax_model, nnx.Param)))
+    rename = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+    targets = dict(torch_model.named_parameters())
+    copied = set()
+    with torch.no_grad():
+        for path, value in flat.items():
+            name = ".".join(str(p) for p in (*path[:-1], rename[path[-1]]))
+            if name not in targets:
+                raise ValueError(f"JAX parameter {'/'.join(map(str, path))} has no torch {name}")
+            array = np.array(value, dtype=np.float32)  # a writable copy
+            if path[-1] == "kernel":
+                array = array.T  # flax [in, out] -> torch [out, in]
+            if tuple(array.shape) != tuple(targets[name].shape):
+                raise ValueError(
+                    f"{name}: JAX shape {array.shape} (after transpose) != torch "
+                    f"{tuple(targets[name].shape)}"
+                )
+            targets[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+            copied.add(name)
+    missing = sorted(set(targets) - copied)
+    if missing:
+        raise ValueError(f"torch parameters without a JAX counterpart: {missing}")
+    return len(copied)
+
+
+# ----------------------------------------------------------------------------- torch steps
+
+
+def dsgd_loss(logits, labels, valid, lam: float) -> torch.Tensor:
+    """dsgd_jax's reduction: sum over valid examples of w_i * CE_i, divided by n (not sum w)."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    with torch.no_grad():
+        correct = logits.argmax(-1) == labels
+        weights = torch.where(correct, lam, 1.0)
+    total = torch.where(valid, weights * ce, 0.0).sum()
+    return total / valid.sum().clamp(min=1)
+
+
+def plain_loss(logits, labels, valid) -> torch.Tensor:
+    """Mean cross-entropy over the valid examples (the JAX adamw variant's loss)."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return torch.where(valid, ce, 0.0).sum() / valid.sum().clamp(min=1)
+
+
+def make_torch_step(model: nn.Module, batch, *, dsgd: bool, device: torch.device):
+    """One train step closure (model and optimizer state kept inside), like the JAX ones."""
+    config = TrainConfig()
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.learning_rate,
+    )
+    warmup = round(config.warmup_ratio * TOTAL_UPDATES)
+
+    def factor(step: int) -> float:  # optax.join_schedules of the two linear schedules
+        if step < warmup:
+            return step / max(warmup, 1)
+        return max(0.0, 1.0 - (step - warmup) / max(TOTAL_UPDATES - warmup, 1))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    params = list(model.parameters())
+    inputs, labels, valid = batch
+    model.train()
+
+    def step() -> None:
+        logits = model(inputs)
+        if dsgd:
+            loss = dsgd_loss(logits, labels, valid, LAMBDA)
+        else:
+            loss = plain_loss(logits, labels, valid)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def to_torch_batch(batch, device: torch.device):
+    inputs, labels, valid, _ = batch
+    tensors = {k: torch.tensor(np.asarray(v), dtype=torch.long) for k, v in inputs.items()}
+    return (
+        {k: v.to(device) for k, v in tensors.items()},
+        torch.tensor(np.asarray(labels), dtype=torch.long).to(device),
+        torch.tensor(np.asarray(valid), dtype=torch.bool).to(device),
+    )
+
+
+def check_equivalence(spec: overhead.ModelSpec, torch_model: nn.Module, device, seed: int):
+    """Copies the JAX weights of ``overhead``'s model into ``torch_model`` and compares
+    eval-mode features, logits and the DSGD loss on ``overhead``'s batch."""
+    jax_model, batch = overhead.model_and_batch(spec, seed)
+    n_params = copy_jax_weights(jax_model, torch_model)
+    inputs, labels, valid, _ = batch
+    jax_features = np.asarray(jax_model.features(inputs))
+    jax_logits = jax_model(inputs)
+    ce = optax.softmax_cross_entropy_with_integer_labels(jax_logits, labels)
+    correct = dsgd_jax.argmax_correct(jax_logits, labels)
+    jax_loss = float(dsgd_jax.scaled_mean(ce, correct, LAMBDA, where=valid))
+    torch_batch = to_torch_batch(batch, device)
+    torch_model.eval()
+    with torch.no_grad():
+        torch_features = torch_model.features(torch_batch[0]).cpu().numpy()
+        torch_logits = torch_model(torch_batch[0])
+        torch_loss = float(dsgd_loss(torch_logits, *torch_batch[1:], LAMBDA))
+    torch_logits = torch_logits.cpu().numpy()
+    jax_logits = np.asarray(jax_logits)
+    check = {
+        "params_copied": n_params,
+        "max_abs_logit_diff": float(np.max(np.abs(torch_logits - jax_logits))),
+        "max_abs_logit": float(np.max(np.abs(jax_logits))),
+        "max_abs_cls_feature_diff": float(np.max(np.abs(torch_features - jax_features))),
+        "dsgd_loss_jax": jax_loss,
+        "dsgd_loss_torch": torch_loss,
+        "dsgd_loss_abs_diff": abs(jax_loss - torch_loss),
+    }
+    return check, torch_batch
+
+
+def _fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def markdown_table(summary: dict[str, Any], ratios: dict[str, float]) -> str:
+    lines = [
+        "| variant | median step (ms) | IQR (ms) | ratio to torch_dsgd (median [IQR]) |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        ratio = f"{s['ratio_median']:.3f} [{s['ratio_q25']:.3f}, {s['ratio_q75']:.3f}]"
+        lines.append(f"| {name} | {_fmt_ms(s['median_s'])} | {_fmt_ms(s['iqr_s'])} | {ratio} |")
+    lines.append("")
+    lines.append(
+        f"jax_dsgd / torch_dsgd: {ratios['jax_dsgd/torch_dsgd']:.3f}; "
+        f"jax_dsgd / jax_adamw: {ratios['jax_dsgd/jax_adamw']:.3f}; "
+        f"torch_dsgd / torch_adamw: {ratios['torch_dsgd/torch_adamw']:.3f} "
+        "(medians of per-round ratios)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        choices=BERT_CONFIGS,
+        default=None,
+        help="model config of dsgd_jax.examples.overhead.CONFIGS (BERT ones); "
+        "default minilm-l6, bert-tiny with --quick",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: bert-tiny, 5 rounds, 1 warm-up call (explicit flags still win)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed interleaved rounds (default 20, 5 quick)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed calls of each step before timing (default 2, 1 quick)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="torch device; auto is cuda when torch.cuda.is_available(), else cpu "
+        "(JAX always uses its default device)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads(N); default: leave torch's own default (on a busy "
+        "CPU try 1, see the module docstring)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the model weights and the batch"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output folder (default {RESULTS}/<quick|full>-<cpu|gpu>)",
+    )
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = "bert-tiny" if args.quick else "minilm-l6"
+    if args.steps is None:
+        args.steps = 5 if args.quick else 20
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.steps < 1:
+        parser.error(f"--steps={args.steps}: need at least 1 timed round")
+    if args.warmup < 0:
+        parser.error(f"--warmup={args.warmup}: must be 0 or more")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads={args.threads}: must be at least 1")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device=cuda, but torch {torch.__version__} sees no CUDA device; "
+            "use --device=cpu or auto"
+        )
+    if args.out is None:
+        kind = "gpu" if args.device == "cuda" else "cpu"
+        args.out = RESULTS / f"{'quick' if args.quick else 'full'}-{kind}"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    spec = overhead.CONFIGS[args.config]
+    config = BertConfig.preset(spec.preset)
+    jax_platform = jax.default_backend()
+    if (jax_platform == "cpu") != (device.type == "cpu"):
+        print(f"warning: JAX runs on {jax_platform} but torch on {device.type}; not a peer test")
+
+    print(f"{args.config}: {spec.describe()}; torch on {device}, JAX on {jax_platform}")
+    print("checking the torch model against the JAX model (eval mode, copied weights)")
+    torch.manual_seed(args.seed)
+    torch_model = TorchBertClassifier(config, spec.num_classes).to(device)
+    check, torch_batch = check_equivalence(spec, torch_model, device, args.seed)
+    print(
+        f"  {check['params_copied']} tensors copied; max |logit diff| "
+        f"{check['max_abs_logit_diff']:.2e} (logits up to {check['max_abs_logit']:.2f}), "
+        f"max |[CLS] feature diff| {check['max_abs_cls_feature_diff']:.2e}, "
+        f"|DSGD loss diff| {check['dsgd_loss_abs_diff']:.2e}"
+    )
+    if not check["max_abs_logit_diff"] <= MAX_LOGIT_DIFF:
+        raise SystemExit(
+            f"torch and JAX logits differ by {check['max_abs_logit_diff']:.3e} > "
+            f"{MAX_LOGIT_DIFF:g} with the same weights and batch: the torch model is not "
+            "the JAX example's architecture, so the timings would not compare the same work."
+        )
+
+    print(f"compiling jax_adamw and jax_dsgd ({spec.describe()})")
+    prepared = {v: overhead.prepare(spec, v, seed=args.seed) for v in ("adamw", "dsgd")}
+    for v, p in prepared.items():
+        print(f"  jax_{v}: compiled in {p.compile_s:.1f} s")
+    steps = {
+        "jax_adamw": prepared["adamw"].step,
+        "jax_dsgd": prepared["dsgd"].step,
+        "torch_adamw": make_torch_step(
+            copy.deepcopy(torch_model), torch_batch, dsgd=False, device=device
+        ),
+        "torch_dsgd": make_torch_step(torch_model, torch_batch, dsgd=True, device=device),
+    }
+    assert tuple(steps) == ORDER
+    print(
+        f"timing {args.steps} interleaved rounds of {', '.join(ORDER)} "
+        f"after {args.warmup} warm-up calls each (torch threads: {torch.get_num_threads()})"
+    )
+    times = timing.interleaved(steps, steps=args.steps, warmup=args.warmup)
+    summary = timing.summarize(times, baseline=BASELINE)
+    ratios = {
+        "jax_dsgd/torch_dsgd": summary["jax_dsgd"]["ratio_median"],
+        "jax_dsgd/jax_adamw": timing.summarize(times, baseline="jax_adamw")["jax_dsgd"][
+            "ratio_median"
+        ],
+        "torch_dsgd/torch_adamw": timing.summarize(times, baseline="torch_adamw")["torch_dsgd"][
+            "ratio_median"
+        ],
+    }
+    for v, p in prepared.items():
+        summary[f"jax_{v}"].update(compile_s=p.compile_s, xla_memory=p.memory)
+
+    machine = {
+        **machine_info(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_device": str(device),
+        "jax_backend": jax_platform,
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+    if device.type == "cuda":
+        machine["torch_device_name"] = torch.cuda.get_device_name(device)
+    result = {
+        "command": "python benchmarks/torch_peer.py " + " ".join(argv),
+        "machine": machine,
+        "config": args.config,
+        "spec": dataclasses.asdict(spec),
+        "description": spec.describe(),
+        "bert_config": dataclasses.asdict(config),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "torch_dsgd_lambda": LAMBDA,
+        "total_updates": TOTAL_UPDATES,
+        **check,
+        "baseline": BASELINE,
+        "ratios": ratios,
+        "variants": summary,
+        "compile_s": {f"jax_{v}": p.compile_s for v, p in prepared.items()},
+        "times_s": times,
+        "peak_rss_bytes": timing.peak_rss_bytes(),
+    }
+    if device.type == "cuda":
+        result["torch_cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    table = markdown_table(summary, ratios)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "table.md").write_text(
+        f"{spec.describe()}; {machine['device']} ({machine['cpu']}, {machine['cores']} cores), "
+        f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads), "
+        f"jax {machine['jax']}\n\n{table}"
+    )
+    print(
+        f"\nmachine: {machine['cpu']}, {machine['cores']} cores, JAX device {machine['device']}, "
+        f"jax {machine['jax']}, torch {torch.__version__} on {device} "
+        f"({torch.get_num_threads()} threads)"
+    )
+    print(table)
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'table.md'}")
+    return 0 if all(math.isfinite(r) for r in ratios.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
