@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["latest_model_tree", "open_manager", "restore", "save"]
+__all__ = ["latest_model_tree", "open_manager", "read_tree", "restore", "save"]
 
 _SAVED = nnx.Not(nnx.RngState)
 
@@ -59,13 +59,29 @@ def restore(
         nnx.update(obj, state)
 
 
-def latest_model_tree(directory: str | Path) -> dict[str, Any]:
-    """The model part (nested dicts of arrays) of the newest checkpoint in ``directory``."""
-    manager = ocp.CheckpointManager(Path(directory).absolute())
+def read_tree(directory: str | Path, epoch: int | None = None) -> dict[str, Any]:
+    """The saved ``{"model", "optimizer"}`` tree of ``epoch`` (default: the newest).
+
+    Arrays come back on this process's first device, whatever mesh or process
+    count wrote them.
+    """
+    manager = ocp.CheckpointManager(
+        Path(directory).absolute(), item_handlers=ocp.StandardCheckpointHandler()
+    )
     try:
-        epoch = manager.latest_step()
+        epoch = manager.latest_step() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint.")
-        return manager.restore(epoch, args=ocp.args.StandardRestore())["model"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(epoch),
+        )
+        return manager.restore(epoch, args=ocp.args.StandardRestore(target))
     finally:
         manager.close()
+
+
+def latest_model_tree(directory: str | Path) -> dict[str, Any]:
+    """The model part (nested dicts of arrays) of the newest checkpoint in ``directory``."""
+    return read_tree(directory)["model"]

@@ -15,6 +15,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from dsgd_jax.examples import distributed
 from dsgd_jax.examples.metrics import format_summary
 from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
 
@@ -67,7 +68,9 @@ def main(
     """Parses ``argv``, trains, prints the summary; returns the exit status."""
     config, workdir = parse_config(config_cls, argv, prog, description)
     try:
-        summary = train_and_evaluate(config, workdir)  # validates the config first
+        config.validate()
+        distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
+        summary = train_and_evaluate(config, workdir)
     except KeyboardInterrupt:
         print(
             f"\nInterrupted. Checkpoints of finished epochs are in {workdir}/checkpoints; "
@@ -82,6 +85,8 @@ def main(
         hint = "(set DSGD_TRACEBACK=1 for the traceback)"
         print(f"{prog}: error: {message}\n{hint}", file=sys.stderr)
         return 2
+    if not distributed.is_primary():
+        return 0
     print(format_summary(summary))
     if not summary["finished"]:
         print(

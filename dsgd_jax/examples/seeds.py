@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from dsgd_jax.examples import checkpoint as ckpt
+from dsgd_jax.examples import distributed
 from dsgd_jax.examples.data import batches
 from dsgd_jax.examples.train import (
     TrainConfig,
@@ -49,6 +50,9 @@ def train_seeds(
 ) -> list[dict[str, Any]]:
     """Trains ``config`` once per seed, all seeds in one vmapped program.
 
+    The program runs on one device (the seeds are its parallel axis); an explicit
+    ``--mesh=data:N`` with N > 1 is refused.
+
     Args:
       config: the run's settings; its ``seed`` is replaced by each of ``seeds``.
       seeds: distinct seeds, one per run.
@@ -68,6 +72,11 @@ def train_seeds(
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}.")
     if len(workdirs) != len(seeds):
         raise ValueError(f"Give one workdir per seed: {len(seeds)} seeds, {len(workdirs)} dirs.")
+    if distributed.parse_mesh(config.mesh) > 1 or jax.process_count() > 1:
+        raise ValueError(
+            f"mesh={config.mesh!r}: vmapped seeds run on one device in one process; drop "
+            "--vmap to spread each run over a mesh, or drop --mesh."
+        )
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     for c in configs:
         c.validate()

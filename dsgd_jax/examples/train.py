@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 
 import dsgd_jax
-from dsgd_jax.examples import baselines
+from dsgd_jax.examples import baselines, distributed
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData, batches
 from dsgd_jax.examples.metrics import MetricsLog, classification_metrics
@@ -50,7 +50,18 @@ METHODS = ("fft", "dsgd", "focal", "pcgrad", "noisytune", "lnsr", "swa", "lora")
 SCALERS = ("linear", "cosine", "descending", "constant")
 
 # Fields that may differ between a run and its resumption.
-_RESUME_FREE = ("resume", "stop_after_epochs", "progress", "log_every")
+# Settings a run may change when it resumes: how it is shown, launched and spread
+# over devices (checkpoints hold replicated state, so any mesh can resume them).
+_RESUME_FREE = (
+    "resume",
+    "stop_after_epochs",
+    "progress",
+    "log_every",
+    "mesh",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+)
 
 
 def config_field(default, help_text: str, **metadata):
@@ -108,6 +119,10 @@ class TrainConfig:
     swa_every: int = config_field(1, "swa: optimizer updates between averaged snapshots")
     lora_rank: int = config_field(8, "lora: rank of the adapters on attention query/value")
     lora_alpha: float = config_field(16.0, "lora: the adapters' output is scaled by alpha / rank")
+    mesh: str = config_field("", "data-parallel devices, data:N; '' = every device")
+    coordinator_address: str = config_field("", "multi-host: host:port of process 0")
+    num_processes: int = config_field(0, "multi-host: processes; -1 = detect (SLURM, MPI, TPU)")
+    process_id: int = config_field(0, "multi-host: this process's index, 0..num_processes-1")
 
     def load_data(self) -> TaskData:
         """The task to train on (examples override this)."""
@@ -171,6 +186,12 @@ class TrainConfig:
             )
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ValueError("lora_rank must be >= 1 and lora_alpha > 0.")
+        distributed.parse_mesh(self.mesh)
+        if self.num_processes < -1:
+            raise ValueError(
+                f"num_processes={self.num_processes}: give N > 1, 0 for one process, or -1 "
+                "to let JAX detect the cluster."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -372,13 +393,14 @@ def check_finite(records: list[dict[str, Any]], last_saved: int) -> None:
             )
 
 
-def progress_bar(config: TrainConfig, total: int, epoch: int):
+def progress_bar(config: TrainConfig, total: int, epoch: int, show: bool = True):
+    """The epoch's progress bar (off with ``--no-progress`` or when ``show`` is False)."""
     from tqdm.auto import tqdm
 
     return tqdm(
         total=total,
         desc=f"epoch {epoch}/{config.num_epochs}",
-        disable=not config.progress,
+        disable=not (config.progress and show),
         dynamic_ncols=True,
         leave=True,
     )
@@ -477,8 +499,8 @@ def start_log(workdir: Path, config: TrainConfig, resumed_from: int | None) -> M
     return log
 
 
-def write_summary(workdir, config, run: Run, model, epochs_done, wall, metrics):
-    """Writes and returns ``summary.json`` of one run."""
+def write_summary(workdir, config, run: Run, model, epochs_done, wall, metrics, write=True):
+    """Returns the summary of one run; writes it to ``summary.json`` if ``write``."""
     summary = {
         "method": config.method,
         "task": config.task_name,
@@ -491,16 +513,23 @@ def write_summary(workdir, config, run: Run, model, epochs_done, wall, metrics):
         **metrics,
         "config": config.to_dict(),
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if write:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
     start = time.perf_counter()
+    placement = distributed.Placement(distributed.make_mesh(config.mesh))
+    placement.check_batch("batch_size", config.batch_size)
+    placement.check_batch("eval_batch_size", config.eval_batch_size)
+    primary = distributed.is_primary()
     manager, last_saved = check_workdir(config, workdir)
     data = config.load_data()
     run = build_run(config, data)
     model, optimizer = run.model, run.optimizer
+    _replicate(placement, model, optimizer)
+    dropout_key = placement.replicate(run.dropout_key)
     steps = make_steps(config, run.total_updates, run.wrt)
     train_step, conflict_step, predict_step = (nnx.jit(f) for f in steps)
 
@@ -508,11 +537,13 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
     if last_saved is not None:
         ckpt.restore(manager, last_saved, model, optimizer)
         first_epoch = last_saved + 1
-    log = start_log(workdir, config, last_saved)
+    log = start_log(workdir, config, last_saved) if primary else None
 
     def evaluate():
-        predictions = test_predictions(lambda x: predict_step(model, optimizer, x), data, config)
-        return evaluation(predictions, data, config)
+        def predict(inputs):
+            return placement.gather(predict_step(model, optimizer, placement.shard(inputs)))
+
+        return evaluation(test_predictions(predict, data, config), data, config)
 
     eval_metrics: dict[str, Any] | None = None
     epochs_done = first_epoch - 1
@@ -520,10 +551,13 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
         for epoch in range(first_epoch, config.num_epochs + 1):
             _run_epoch(
                 config, epoch, data, model, optimizer, (train_step, conflict_step),
-                run.dropout_key, log, run.steps_per_epoch, last_saved or 0,
+                dropout_key, log, run.steps_per_epoch, last_saved or 0, placement,
             )  # fmt: skip
             eval_metrics = evaluate()
-            log.write([{"kind": "epoch", "epoch": epoch, **_without(eval_metrics, "predictions")}])
+            if log is not None:
+                log.write(
+                    [{"kind": "epoch", "epoch": epoch, **_without(eval_metrics, "predictions")}]
+                )
             check_params_finite(model, epoch)
             if manager is not None:
                 ckpt.save(manager, epoch, model, optimizer)
@@ -539,7 +573,13 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
     if eval_metrics is None:  # resumed a finished run: evaluate what was restored
         eval_metrics = evaluate()
     wall = time.perf_counter() - start
-    return write_summary(workdir, config, run, model, epochs_done, wall, eval_metrics)
+    return write_summary(workdir, config, run, model, epochs_done, wall, eval_metrics, primary)
+
+
+def _replicate(placement: distributed.Placement, model, optimizer) -> None:
+    """Puts the model and optimizer state on every device of the mesh (in place)."""
+    state = nnx.state((model, optimizer))
+    nnx.update((model, optimizer), placement.replicate(state))
 
 
 def _without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -555,11 +595,14 @@ def check_params_finite(model: nnx.Module, epoch: int) -> None:
         )
 
 
-def _run_epoch(config, epoch, data, model, optimizer, steps, dropout_key, log, total, saved):
+def _run_epoch(
+    config, epoch, data, model, optimizer, steps, dropout_key, log, total, saved, placement
+):
+    """One epoch of training; ``log`` is None on the processes that do not write."""
     train_step, conflict_step = steps
     order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
     pending: list[tuple[int, dict[str, jax.Array]]] = []
-    bar = progress_bar(config, total, epoch)
+    bar = progress_bar(config, total, epoch, show=log is not None)
 
     def flush():
         records = [
@@ -567,7 +610,8 @@ def _run_epoch(config, epoch, data, model, optimizer, steps, dropout_key, log, t
             for s, m in jax.device_get(pending)
         ]
         check_finite(records, saved)
-        log.write(records)
+        if log is not None:
+            log.write(records)
         if records:
             last = records[-1]
             bar.set_postfix(
@@ -583,13 +627,15 @@ def _run_epoch(config, epoch, data, model, optimizer, steps, dropout_key, log, t
         ):
             step = (epoch - 1) * total + i + 1
             key = jax.random.fold_in(dropout_key, step)
+            batch = placement.shard((inputs, labels, valid))
             if config.conflict_every and step % config.conflict_every == 0:
-                stats = conflict_step(model, optimizer, inputs, labels, valid, key)
-                log.write(
-                    [{"kind": "conflict", "epoch": epoch, "step": step}
-                     | {k: float(v) for k, v in stats.items()}]
-                )  # fmt: skip
-            pending.append((step, train_step(model, optimizer, inputs, labels, valid, key)))
+                stats = conflict_step(model, optimizer, *batch, key)
+                if log is not None:
+                    log.write(
+                        [{"kind": "conflict", "epoch": epoch, "step": step}
+                         | {k: float(v) for k, v in stats.items()}]
+                    )  # fmt: skip
+            pending.append((step, train_step(model, optimizer, *batch, key)))
             if len(pending) >= config.log_every:
                 flush()
             bar.update(1)

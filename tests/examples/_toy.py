@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -61,8 +62,16 @@ def config(**overrides):
 
 
 def saved_tree(workdir, epoch):
-    """The ``{"model", "optimizer"}`` tree of a run's checkpoint of ``epoch``."""
-    manager = ocp.CheckpointManager(workdir / "checkpoints")
-    tree = manager.restore(epoch)
+    """The ``{"model", "optimizer"}`` tree of a run's checkpoint of ``epoch``, on one device
+    whatever mesh wrote it."""
+    manager = ocp.CheckpointManager(
+        workdir / "checkpoints", item_handlers=ocp.StandardCheckpointHandler()
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(epoch),
+    )
+    tree = manager.restore(epoch, args=ocp.args.StandardRestore(target))
     manager.close()
     return tree

@@ -102,3 +102,8 @@ def test_seeds_at_different_epochs_are_refused(tmp_path):
 def test_bad_seed_arguments(tmp_path, seeds, dirs, match):
     with pytest.raises(ValueError, match=match):
         train_seeds(toy_config(), seeds, [tmp_path / d for d in dirs])
+
+
+def test_vmapped_seeds_refuse_a_mesh(tmp_path):
+    with pytest.raises(ValueError, match="vmapped seeds run on one device"):
+        train_seeds(toy_config(mesh="data:2"), [1, 2], [tmp_path / "a", tmp_path / "b"])
