@@ -6,7 +6,7 @@
 
 Each config's four variants (``adamw``, ``dsgd``, ``dsgd+diagnostics``,
 ``pcgrad``; see :mod:`dsgd_jax.examples.overhead`) are compiled and warmed up
-first, then timed in interleaved rounds (A B C D A B C D ...) in this one
+first, then timed in interleaved rounds (A B C D, B C D A, ...) in this one
 process. Writes ``results.json``, ``table.md`` and ``ratios.png`` to
 ``benchmarks/results/step_overhead/<quick|full>-<cpu|gpu>/`` (or ``--out``) and
 prints the table, the machine and the versions.

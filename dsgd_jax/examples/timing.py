@@ -1,8 +1,9 @@
 """Side-by-side step timing: interleaved rounds, medians, IQRs and per-pair ratios.
 
 Shared machines are noisy, so the benchmarks never compare numbers taken at
-different moments. :func:`interleaved` calls every variant once per round (A B
-C A B C ...), after each has warmed up, so slow spells hit all variants alike;
+different moments. :func:`interleaved` calls every variant once per round,
+each round starting one variant later (A B C, B C A, C A B, ...), after each
+has warmed up, so slow spells hit all variants alike;
 :func:`summarize` then reports each variant's median and interquartile range and,
 against a baseline, the median of the per-round ratios. No JAX needed here: the
 PyTorch peer uses the same functions.
@@ -32,7 +33,8 @@ def interleaved(
     Each callable runs one step and must return only once the step is done
     (``jax.block_until_ready``, ``torch.cuda.synchronize``). Every variant is
     first called ``warmup`` times (compilation, caches), then round ``i`` calls
-    each variant once, in the given order.
+    each variant once, starting from the ``i``-th (A B C, B C A, C A B, ...), so
+    no variant always runs right after the same neighbour.
     """
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1.")
@@ -43,11 +45,13 @@ def interleaved(
     for fn in variants.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(steps):
-        for name, fn in variants.items():
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(steps):
+        for j in range(len(names)):
+            name = names[(i + j) % len(names)]
             start = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - start)
     return times
 

@@ -27,7 +27,8 @@ def test_interleaved_warms_up_then_alternates():
     calls = []
     variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     times = timing.interleaved(variants, steps=3, warmup=2)
-    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3
+    warmup = ["a", "a", "b", "b", "c", "c"]
+    assert calls == [*warmup, "a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert all(t >= 0 for v in times.values() for t in v)
 
