@@ -314,22 +314,45 @@ TARGETS = {"cpu": 1.02, "gpu": 1.01}  # DSGD / AdamW median step-time ratio
 
 
 def verdict(result: dict[str, Any]) -> str:
-    """Plain sentences on the issue's targets for one committed results file."""
+    """Plain sentences on the issue's targets for one committed results file.
+
+    Targets: DSGD/AdamW median step-time ratio <= 1.02 on CPU (1.01 on GPU);
+    PCGrad/DSGD >= 1.7; DSGD (no diagnostics) within noise of AdamW.
+    """
     platform = "gpu" if result["machine"]["device"].lower() not in ("cpu", "") else "cpu"
     target = TARGETS[platform]
-    sentences = []
+    lines, pcgrad_missed = [], []
     for name, entry in result["configs"].items():
         v = entry["variants"]
-        dsgd = v["dsgd"]["ratio_median"]
-        met = "meets" if dsgd <= target else "misses"
-        text = f"{name}: DSGD/AdamW {dsgd:.3f} ({met} the {platform.upper()} target {target})"
+        d = v["dsgd"]
+        met = "meets" if d["ratio_median"] <= target else "misses"
+        noise = "includes" if d["ratio_q25"] <= 1.0 <= d["ratio_q75"] else "excludes"
+        text = (
+            f"- {name}: DSGD/AdamW {d['ratio_median']:.3f} ({met} the {platform.upper()} "
+            f"target {target}; the per-round IQR [{d['ratio_q25']:.3f}, {d['ratio_q75']:.3f}] "
+            f"{noise} 1)"
+        )
+        if v["adamw"].get("flops"):
+            text += f"; XLA flops DSGD/AdamW {d['flops'] / v['adamw']['flops']:.4f}"
         if "pcgrad" in v:
             per_pair = timing.summarize(entry["times_s"], "dsgd")["pcgrad"]["ratio_median"]
-            text += f", PCGrad/DSGD {per_pair:.2f} ({'meets' if per_pair >= 1.7 else 'misses'} 1.7)"
-        if "flops" in v["dsgd"] and v["adamw"].get("flops"):
-            text += f", XLA flops DSGD/AdamW {v['dsgd']['flops'] / v['adamw']['flops']:.4f}"
-        sentences.append(text + ".")
-    return " ".join(sentences)
+            text += f"; PCGrad/DSGD {per_pair:.2f} ({'meets' if per_pair >= 1.7 else 'misses'} 1.7)"
+            if per_pair < 1.7:
+                pcgrad_missed.append(f"{v['pcgrad']['flops'] / d['flops']:.2f}")
+        lines.append(text + ".")
+    if pcgrad_missed:
+        lines += [
+            "",
+            "PCGrad misses 1.7 because the examples' PCGrad shares one forward pass between "
+            "its two backward passes (`jax.vjp`, then two cotangents): with a backward pass "
+            "costing about two forward passes its cost over DSGD is bounded by (F + 2B) / "
+            "(F + B) = 5/3 in flops, and XLA counts "
+            + ", ".join(pcgrad_missed)
+            + " for the compiled steps above; the optimizer update and the step's fixed "
+            "costs, shared by both, bring the time ratio lower still. A PCGrad that runs "
+            "the model twice (one loss and one gradient per group) would cost about 2x.",
+        ]
+    return "\n".join(lines)
 
 
 def results_files(root: Path) -> list[Path]:
@@ -363,6 +386,16 @@ def readme_section(root: Path) -> str:
             "",
             f"![step-time ratios]({rel}/ratios.png)",
         ]
+    measured = {name for path in files for name in json.loads(path.read_text())["configs"]}
+    missing = [name for name in FULL if name not in measured]
+    if files and missing:
+        parts += [
+            "",
+            f"Not measured yet: {', '.join(missing)} (the full configs that no committed run "
+            "covers; `python benchmarks/step_overhead.py --configs="
+            + ",".join(missing)
+            + "` adds them, best on a GPU).",
+        ]
     for path in sorted((root / "benchmarks" / "results" / "torch_peer").glob("*/results.json")):
         parts += ["", _torch_peer_paragraph(json.loads(path.read_text()))]
     seeds = root / "benchmarks" / "results" / "vmap_seeds.json"
@@ -381,6 +414,7 @@ def readme_section(root: Path) -> str:
 
 def _torch_peer_paragraph(r: dict[str, Any]) -> str:
     m, v, ratios = r["machine"], r["variants"], r["ratios"]
+    ratio = ratios["jax_dsgd/torch_dsgd"]
     return (
         f"PyTorch peer: `{r['command'].strip()}`, {r['description']}, on {m['cpu']} "
         f"({m['cores']} cores; JAX on {m['jax_backend']}, torch {m['torch']} on "
@@ -388,9 +422,10 @@ def _torch_peer_paragraph(r: dict[str, Any]) -> str:
         f"The two models give the same logits (largest difference "
         f"{r['max_abs_logit_diff']:.1e}). DSGD step: JAX {v['jax_dsgd']['median_s'] * 1e3:.1f} ms, "
         f"PyTorch {v['torch_dsgd']['median_s'] * 1e3:.1f} ms (median); JAX/PyTorch "
-        f"{ratios['jax_dsgd/torch_dsgd']:.2f}; DSGD/AdamW within JAX "
-        f"{ratios['jax_dsgd/jax_adamw']:.3f}, within PyTorch "
-        f"{ratios['torch_dsgd/torch_adamw']:.3f} (medians of per-round ratios)."
+        f"{ratio:.2f}, so JAX's step is {'slower' if ratio > 1 else 'faster'} here. DSGD/AdamW "
+        f"within JAX {ratios['jax_dsgd/jax_adamw']:.3f}, within PyTorch "
+        f"{ratios['torch_dsgd/torch_adamw']:.3f} (medians of per-round ratios, from rounds "
+        "that mix both frameworks; the step-overhead runs above measure DSGD's own cost)."
     )
 
 
