@@ -49,7 +49,6 @@ __all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
 METHODS = ("fft", "dsgd", "focal", "pcgrad", "noisytune", "lnsr", "swa", "lora")
 SCALERS = ("linear", "cosine", "descending", "constant")
 
-# Fields that may differ between a run and its resumption.
 # Settings a run may change when it resumes: how it is shown, launched and spread
 # over devices (checkpoints hold replicated state, so any mesh can resume them).
 _RESUME_FREE = (

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import ArraySplit, TaskData
 from dsgd_jax.examples.train import TrainConfig
 
@@ -63,15 +62,5 @@ def config(**overrides):
 
 def saved_tree(workdir, epoch):
     """The ``{"model", "optimizer"}`` tree of a run's checkpoint of ``epoch``, on one device
-    whatever mesh wrote it."""
-    manager = ocp.CheckpointManager(
-        workdir / "checkpoints", item_handlers=ocp.StandardCheckpointHandler()
-    )
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(epoch),
-    )
-    tree = manager.restore(epoch, args=ocp.args.StandardRestore(target))
-    manager.close()
-    return tree
+    whatever mesh or process count wrote it."""
+    return ckpt.read_tree(workdir / "checkpoints", epoch)

@@ -8,6 +8,7 @@ import logging
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from _toy import ToyConfig, saved_tree
 from _toy import config as _config
@@ -87,10 +88,17 @@ def test_latest_model_tree_reads_the_newest_epoch_quietly(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         tree = checkpoint.latest_model_tree(tmp_path / "checkpoints")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-    expected = jax.tree.leaves(saved_tree(tmp_path, 2)["model"])
+    # The newest epoch (2), read back the way orbax saved it; epoch 1 differs.
+    manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+    raw = [manager.restore(e, args=ocp.args.StandardRestore())["model"] for e in (1, 2)]
+    manager.close()
+    expected = jax.tree.leaves(raw[1])
     assert len(jax.tree.leaves(tree)) == len(expected) > 0
     for x, y in zip(jax.tree.leaves(tree), expected, strict=True):
         np.testing.assert_array_equal(x, y)
+    assert any(
+        not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(raw[0]), expected, strict=True)
+    )
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         checkpoint.latest_model_tree(tmp_path / "empty")
 
