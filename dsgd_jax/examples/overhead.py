@@ -366,8 +366,8 @@ def readme_section(root: Path) -> str:
     files = results_files(root)
     if not files:
         parts.append("No step-overhead run has been committed yet.")
-    for path in files:
-        result = json.loads(path.read_text())
+    results = {path: json.loads(path.read_text()) for path in files}
+    for path, result in results.items():
         m = result["machine"]
         rel = path.parent.relative_to(root).as_posix()
         parts += [
@@ -386,7 +386,7 @@ def readme_section(root: Path) -> str:
             "",
             f"![step-time ratios]({rel}/ratios.png)",
         ]
-    measured = {name for path in files for name in json.loads(path.read_text())["configs"]}
+    measured = {name for result in results.values() for name in result["configs"]}
     missing = [name for name in FULL if name not in measured]
     if files and missing:
         parts += [
