@@ -149,6 +149,7 @@ def test_readme_stability_results_come_from_the_committed_files():
             assert run["accuracy"] == pytest.approx(accuracy)
         for plot in ("seed_accuracy.png", "epoch_curves.png"):
             assert (folder / plot).exists()
+    assert (ROOT / stability.OVERVIEW_PLOT).exists(), "run python benchmarks/stability_readme.py"
 
 
 def test_readme_performance_results_come_from_the_committed_files():

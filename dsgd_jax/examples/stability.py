@@ -484,6 +484,11 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
         lines.append("On this setting DSGD does not make the seeds agree more than FFT does.")
     if d["collapsed"] > f["collapsed"]:
         lines.append("DSGD collapses more often than FFT here.")
+    if d["missing_class"] or f["missing_class"]:
+        lines.append(
+            f"Runs that never predict some class right: DSGD {d['missing_class']} of {d['n']}, "
+            f"FFT {f['missing_class']} of {f['n']}."
+        )
     others = [label for label in stats if label not in (base, dsgd)]
     if others:
         better = [o for o in others if stats[o]["accuracy_mean"] >= d["accuracy_mean"]]
@@ -510,9 +515,53 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
     return " ".join(lines)
 
 
+def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
+    """What :func:`~dsgd_jax.examples.stability_report.overview_rows` say, in plain sentences."""
+    if not rows:
+        return "No setting has both FFT and DSGD runs yet."
+    n = len(rows)
+    higher = sum(r["dsgd"]["accuracy_mean"] > r["base"]["accuracy_mean"] for r in rows)
+    steadier = sum(r["dsgd"]["accuracy_std"] < r["base"]["accuracy_std"] for r in rows)
+    runs_f, runs_d = (sum(r[k]["n"] for r in rows) for k in ("base", "dsgd"))
+    collapsed_f, collapsed_d = (sum(r[k]["collapsed"] for r in rows) for k in ("base", "dsgd"))
+    missing_f, missing_d = (sum(r[k]["missing_class"] for r in rows) for k in ("base", "dsgd"))
+    widest = max(rows, key=lambda r: r["base"]["accuracy_std"])
+    lines = [
+        f"Over {n} setting{'s' if n > 1 else ''}, DSGD's mean accuracy is above FFT's in "
+        f"{higher} and its seed spread (std) is below FFT's in {steadier}.",
+        f"Collapsed runs: FFT {collapsed_f} of {runs_f}, DSGD {collapsed_d} of {runs_d}"
+        + (" (no setting here made plain fine-tuning collapse)." if collapsed_f == 0 else "."),
+        f"Runs that never predict some class right: FFT {missing_f}, DSGD {missing_d}.",
+        f"FFT's seed spread is widest on {widest['setting']} "
+        f"({_pct(widest['base']['accuracy_std'])} points).",
+    ]
+    beaten = [
+        r
+        for r in rows
+        if r["best_other"] and r["best_other"][1]["accuracy_mean"] >= r["dsgd"]["accuracy_mean"]
+    ]
+    if beaten:
+        lines.append(
+            "Where baselines ran, DSGD is matched or beaten in mean accuracy on "
+            + ", ".join(f"{r['setting']} (by {r['best_other'][0]})" for r in beaten)
+            + "."
+        )
+    return " ".join(lines)
+
+
 def readme_section(folders: Sequence[Path], root: Path) -> str:
-    """The README's results section from the committed ``results.json`` files in ``folders``."""
-    from dsgd_jax.examples.stability_report import load_results, markdown_table
+    """The README's results section from the committed ``results.json`` files in ``folders``.
+
+    An overview of every setting (table, verdict, ``overview.png``; see
+    :func:`update_readme`) comes first, then each setting's full table.
+    """
+    from dsgd_jax.examples.stability_report import (
+        load_results,
+        markdown_table,
+        overview_rows,
+        overview_table,
+        setting_label,
+    )
 
     parts = [f"<!-- {README_MARKER} -->"]
     timing = root / "benchmarks/results/vmap_seeds.json"
@@ -532,15 +581,30 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
         )
     if not folders:
         parts.append("No protocol run has been committed yet.")
-    for folder in folders:
-        results = load_results(folder / "results.json")
+    all_results = [load_results(folder / "results.json") for folder in folders]
+    if folders:
+        parts += [
+            "",
+            "Every setting, FFT against DSGD: accuracy and macro-F1 in % as mean ± std over "
+            "seeds; collapsed runs and runs missing a class (recall 0 on some class) as "
+            "FFT/DSGD; the best of the other methods where they ran.",
+            "",
+            overview_table(all_results).strip(),
+            "",
+            overview_verdict(overview_rows(all_results)),
+            "",
+            f"![FFT against DSGD per seed, every setting]({OVERVIEW_PLOT})",
+            "",
+            "Each setting in full (click to open):",
+        ]
+    for folder, results in zip(folders, all_results, strict=True):
         config = results["base_config"]
         machine = results["machine"]
         rel = folder.relative_to(root).as_posix()
         parts += [
             "",
-            f"#### {results['example'].upper()} · {results['task']} · learning rate "
-            f"{config['learning_rate']:g} · {config['num_epochs']} epochs",
+            "<details>",
+            f"<summary>{setting_label(results)} · {config['num_epochs']} epochs</summary>",
             "",
             f"`{results['command']}` on {machine['cpu']} ({machine['cores']} cores, "
             f"{machine['device']}; jax {machine['jax']}, flax {machine['flax']}). Per-seed "
@@ -553,6 +617,8 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
             "machine (a vmapped group's time divided by its seeds), not a speed comparison.",
             "",
             f"![per-seed accuracy]({rel}/seed_accuracy.png)",
+            "",
+            "</details>",
         ]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
@@ -573,8 +639,20 @@ def results_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in (root / "benchmarks/results/stability").glob("*/results.json"))
 
 
+OVERVIEW_PLOT = "benchmarks/results/stability/overview.png"
+
+
 def update_readme(root: Path) -> str:
-    """Rewrites the README's results section from the committed results; returns it."""
-    section = readme_section(results_folders(root), root)
+    """Rewrites the README's results section and ``OVERVIEW_PLOT`` from the committed results.
+
+    Returns the section.
+    """
+    from dsgd_jax.examples.stability_report import load_results, overview_rows, plot_overview
+
+    folders = results_folders(root)
+    all_results = [load_results(folder / "results.json") for folder in folders]
+    if overview_rows(all_results):
+        plot_overview(all_results, root / OVERVIEW_PLOT)
+    section = readme_section(folders, root)
     readme_blocks.fill_block(root / "README.md", README_MARKER, section)
     return section

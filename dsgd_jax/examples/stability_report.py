@@ -15,6 +15,9 @@ Definitions used throughout:
   ``ddof=0``);
 - a run counts as collapsed when its ``collapsed`` flag is set (the runner sets it
   when one class takes most of the test predictions);
+- a run misses a class when none of that class's test examples is predicted
+  right (its recall is 0): a partial collapse, of which the paper's collapse is
+  the extreme;
 - a method's runs are ordered by seed, and ``ENS(k)`` is the majority vote of the
   first ``k`` of them (ties to the lowest class index).
 """
@@ -35,9 +38,14 @@ __all__ = [
     "majority_vote",
     "markdown_table",
     "method_stats",
+    "missed_classes",
+    "overview_rows",
+    "overview_table",
     "plot_conflict_trace",
     "plot_epoch_curves",
+    "plot_overview",
     "plot_seed_accuracy",
+    "setting_label",
     "write_report",
 ]
 
@@ -80,6 +88,20 @@ def _runs_by_label(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]
     return {label: sorted(runs, key=lambda r: r["seed"]) for label, runs in groups.items()}
 
 
+def missed_classes(predictions: Sequence[int], labels: Sequence[int]) -> list[int]:
+    """The classes among ``labels`` of which no example is predicted right (recall 0).
+
+    Examples:
+      >>> missed_classes([0, 0, 0, 2], [0, 1, 2, 2])
+      [1]
+    """
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"{predictions.size} predictions for {labels.size} test labels")
+    hit = set(labels[predictions == labels].tolist())
+    return sorted(int(c) for c in set(labels.tolist()) - hit)
+
+
 def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per method label, the statistics over its seeds.
 
@@ -93,7 +115,9 @@ def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
       Per label, in order of first appearance in ``results["runs"]``: ``n`` (the
       number of seeds), ``seeds`` (sorted), ``accuracy_mean``, ``accuracy_std``,
       ``macro_f1_mean``, ``macro_f1_std``, ``accuracy_min``, ``accuracy_max``,
-      ``collapsed`` (the number of collapsed runs) and ``wall_time_mean`` (seconds).
+      ``collapsed`` (the number of collapsed runs), ``missing_class`` (the number
+      of runs with saved predictions that miss a class, see :func:`missed_classes`)
+      and ``wall_time_mean`` (seconds).
 
     Examples:
       >>> runs = [
@@ -107,6 +131,7 @@ def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
       ([42, 52], 0.6, 0.1, 1)
     """
     stats = {}
+    labels = results["test_labels"]
     for label, runs in _runs_by_label(results).items():
         accuracy = np.array([float(r["accuracy"]) for r in runs])
         macro_f1 = np.array([float(r["macro_f1"]) for r in runs])
@@ -121,6 +146,10 @@ def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "accuracy_min": float(accuracy.min()),
             "accuracy_max": float(accuracy.max()),
             "collapsed": sum(bool(r.get("collapsed", False)) for r in runs),
+            "missing_class": sum(
+                bool(r.get("predictions") and missed_classes(r["predictions"], labels))
+                for r in runs
+            ),
             "wall_time_mean": float(wall.mean()),
         }
     return stats
@@ -250,8 +279,8 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
     """The paper's table of a protocol run, in markdown.
 
     One row per method label (accuracy and macro-F1 as mean ± std over seeds in
-    percent, the worst and best seed's accuracy, the collapsed runs out of the
-    seeds, the mean wall time per run), then the seed-ensemble rows of
+    percent, the worst and best seed's accuracy, the collapsed runs and the runs
+    missing a class out of the seeds, the mean wall time per run), then the seed-ensemble rows of
     :func:`ensemble_rows` (accuracy only; the seeds column holds ``k``).
 
     Args:
@@ -263,8 +292,8 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
       The table, one line per row, ending with a newline.
     """
     columns = ("method", "seeds", "accuracy (%)", "macro-F1 (%)", "min (%)", "max (%)")
-    header = "| " + " | ".join((*columns, "collapsed", "time/run")) + " |"
-    lines = [header, "|" + "|".join(["---"] + ["---:"] * 7) + "|"]
+    header = "| " + " | ".join((*columns, "collapsed", "missing a class", "time/run")) + " |"
+    lines = [header, "|" + "|".join(["---"] + ["---:"] * 8) + "|"]
     for label, s in method_stats(results).items():
         cells = [
             label,
@@ -274,11 +303,12 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
             _percent(s["accuracy_min"]),
             _percent(s["accuracy_max"]),
             f"{s['collapsed']}/{s['n']}",
+            f"{s['missing_class']}/{s['n']}",
             _format_time(s["wall_time_mean"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for row in ensemble_rows(results, base=base, dsgd=dsgd):
-        cells = [row["method"], str(row["k"]), _percent(row["accuracy"])] + [_DASH] * 5
+        cells = [row["method"], str(row["k"]), _percent(row["accuracy"])] + [_DASH] * 6
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -456,6 +486,149 @@ def plot_conflict_trace(results: Mapping[str, Any], path: str | Path) -> Path:
     axes[0].legend(loc="best")
     axes[-1].set_xlabel("step")
     axes[0].set_title(_title(results, "gradient conflict"))
+    return _save(fig, path)
+
+
+_EXAMPLE_NAMES = {"bert": "BERT", "vit": "ViT"}
+
+
+def setting_label(results: Mapping[str, Any]) -> str:
+    """A short name of a protocol run's setting: example, task, length, learning rate.
+
+    Examples:
+      >>> setting_label({"example": "bert", "task": "drugs",
+      ...                "base_config": {"max_length": 64, "learning_rate": 1e-4}})
+      'BERT · drugs · 64 tokens · lr 0.0001'
+    """
+    config = results.get("base_config") or {}
+    example = results.get("example", "?")
+    parts = [_EXAMPLE_NAMES.get(example, str(example)), str(results.get("task", "?"))]
+    if "max_length" in config:
+        parts.append(f"{config['max_length']} tokens")
+    if "learning_rate" in config:
+        parts.append(f"lr {config['learning_rate']:g}")
+    return " · ".join(parts)
+
+
+def overview_rows(
+    all_results: Sequence[Mapping[str, Any]], *, base: str = "fft", dsgd: str = "dsgd"
+) -> list[dict[str, Any]]:
+    """One row per protocol run that has both ``base`` and ``dsgd`` runs.
+
+    Returns:
+      Per run, in the given order: ``setting`` (:func:`setting_label`), ``base``
+      and ``dsgd`` (their :func:`method_stats`), and ``best_other``: the label and
+      stats of the other method with the highest mean accuracy, or None.
+    """
+    rows = []
+    for results in all_results:
+        stats = method_stats(results)
+        if base not in stats or dsgd not in stats:
+            continue
+        others = {k: v for k, v in stats.items() if k not in (base, dsgd)}
+        best = max(others.items(), key=lambda kv: kv[1]["accuracy_mean"], default=None)
+        rows.append(
+            {
+                "setting": setting_label(results),
+                "base": stats[base],
+                "dsgd": stats[dsgd],
+                "best_other": best,
+            }
+        )
+    return rows
+
+
+def overview_table(
+    all_results: Sequence[Mapping[str, Any]], *, base: str = "fft", dsgd: str = "dsgd"
+) -> str:
+    """FFT against DSGD over many protocol runs, one markdown row per run.
+
+    Columns: the setting, the seeds of each, accuracy and macro-F1 (mean ± std in
+    percent), collapsed runs and runs missing a class (``base``/``dsgd``), and the
+    best other method by mean accuracy.
+    """
+    lines = [
+        "| setting | seeds | FFT accuracy (%) | DSGD accuracy (%) | FFT macro-F1 (%) "
+        "| DSGD macro-F1 (%) | collapsed | missing a class | best other method |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in overview_rows(all_results, base=base, dsgd=dsgd):
+        f, d = row["base"], row["dsgd"]
+        best = row["best_other"]
+        cells = [
+            row["setting"],
+            f"{f['n']}/{d['n']}",
+            f"{_percent(f['accuracy_mean'])} ± {_percent(f['accuracy_std'])}",
+            f"{_percent(d['accuracy_mean'])} ± {_percent(d['accuracy_std'])}",
+            f"{_percent(f['macro_f1_mean'])} ± {_percent(f['macro_f1_std'])}",
+            f"{_percent(d['macro_f1_mean'])} ± {_percent(d['macro_f1_std'])}",
+            f"{f['collapsed']}/{d['collapsed']}",
+            f"{f['missing_class']}/{d['missing_class']}",
+            _DASH
+            if best is None
+            else f"{best[0]} {_percent(best[1]['accuracy_mean'])} ± "
+            f"{_percent(best[1]['accuracy_std'])}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_overview(
+    all_results: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    base: str = "fft",
+    dsgd: str = "dsgd",
+) -> Path:
+    """Test accuracy per seed of ``base`` against ``dsgd``, one panel per protocol run.
+
+    Each panel shows the seeds as points (collapsed runs as red x) and the mean ±
+    std as a bar; panels share nothing, since the settings' accuracies differ.
+
+    Raises:
+      ValueError: If no run has both ``base`` and ``dsgd`` runs.
+    """
+    panels = []
+    for results in all_results:
+        groups = _runs_by_label(results)
+        if base in groups and dsgd in groups:
+            panels.append((setting_label(results), [groups[base], groups[dsgd]]))
+    if not panels:
+        raise ValueError(f"no results with both {base!r} and {dsgd!r} runs to plot")
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = _figure(figsize=(4.2 * ncols, 3.6 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (title, method_runs) in zip(axes, panels, strict=False):
+        for position, (runs, color) in enumerate(
+            zip(method_runs, ("tab:gray", "tab:blue"), strict=True)
+        ):
+            values = np.array([100 * float(r["accuracy"]) for r in runs])
+            ok = np.array([not r.get("collapsed", False) for r in runs])
+            x = position + (np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else 0.0)
+            x = np.broadcast_to(x, values.shape)
+            ax.scatter(x[ok], values[ok], s=16, color=color, alpha=0.7, zorder=3)
+            if (~ok).any():
+                ax.scatter(x[~ok], values[~ok], s=40, color="red", marker="x", zorder=4)
+            ax.errorbar(
+                position + 0.3,
+                values.mean(),
+                yerr=values.std(ddof=0),
+                fmt="o",
+                color="black",
+                capsize=4,
+                markersize=4,
+            )
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels([base, dsgd])
+        ax.set_xlim(-0.5, 1.6)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[: len(panels)][::ncols]:
+        ax.set_ylabel("test accuracy (%)")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("test accuracy per seed (bar: mean ± std; red x: collapsed)", fontsize=10)
     return _save(fig, path)
 
 

@@ -18,6 +18,10 @@ accuracy and every majority vote below can be checked on paper:
 ENS(3) of fft (seeds 42, 52, 62) votes 0 1 0 0 0 2 (column 4 is a three-way
 tie 1/0/2, won by class 0): 4/6 right. The vote of the three dsgd runs is
 0 1 2 0 1 2: 6/6 right.
+
+Missed classes (no example of the class predicted right): fft seed 52 misses
+classes 1 and 2, fft seed 72 misses class 0 (its two 0s are predicted 1, 1);
+every other run gets at least one example of each class right.
 """
 
 from __future__ import annotations
@@ -159,6 +163,8 @@ def test_method_stats():
     assert fft["accuracy_max"] == pytest.approx(1.0)
     assert fft["collapsed"] == 1
     assert fft["wall_time_mean"] == pytest.approx(30.0)
+    assert fft["missing_class"] == 2  # seeds 52 and 72
+    assert stats["dsgd"]["missing_class"] == stats["focal"]["missing_class"] == 0
     assert stats["dsgd"]["accuracy_std"] == pytest.approx(0.0, abs=1e-12)
     assert stats["dsgd"]["wall_time_mean"] == pytest.approx(420.0)
     assert stats["dsgd"]["collapsed"] == 0
@@ -219,12 +225,13 @@ def test_markdown_table():
     assert lines[0].startswith("| method | seeds | accuracy")
     fft, dsgd, focal, ens = lines[2:]
     assert fft.startswith("| fft | 4 | 62.50 ± 24.65 | 55.00 ± ")
-    assert "| 33.33 | 100.00 | 1/4 | 30 s |" in fft
+    assert "| 33.33 | 100.00 | 1/4 | 2/4 | 30 s |" in fft
     assert dsgd.startswith("| dsgd | 3 | 83.33 ± 0.00 | 80.00 ± 0.00 |")
-    assert "| 0/3 | 7.0 min |" in dsgd
+    assert "| 0/3 | 0/3 | 7.0 min |" in dsgd
     assert focal.startswith("| focal | 3 | 66.67 ± 23.57 |")
     assert "| 0/3 |" in focal
-    assert ens == "| ENS(3) | 3 | 66.67 | — | — | — | — | — |"
+    assert ens == "| ENS(3) | 3 | 66.67 | — | — | — | — | — | — |"
+    assert all(line.count("|") == 10 for line in lines)
     assert "DSGD(9)" not in table
 
 
@@ -308,3 +315,80 @@ def test_write_report(tmp_path):
     paths = sr.write_report(_results(traces=False), tmp_path / "no_trace")
     assert set(paths) == {"table", "seed_accuracy", "epoch_curves"}
     assert not (tmp_path / "no_trace" / "conflict_trace.png").exists()
+
+
+def test_missed_classes():
+    assert sr.missed_classes([0, 1, 2, 0, 1, 2], TEST_LABELS) == []
+    assert sr.missed_classes([0, 0, 0, 0, 0, 0], TEST_LABELS) == [1, 2]
+    assert sr.missed_classes([1, 1, 2, 1, 1, 0], TEST_LABELS) == [0]
+    # A class absent from the test labels cannot be missed.
+    assert sr.missed_classes([0, 0, 1], [0, 0, 1]) == []
+    with pytest.raises(ValueError, match="2 predictions for 3 test labels"):
+        sr.missed_classes([0, 1], [0, 1, 2])
+
+
+def _setting(results, task, lr):
+    return {**results, "task": task, "base_config": {"max_length": 32, "learning_rate": lr}}
+
+
+def test_overview_table():
+    only_fft = _setting(_results(), "fft-only", 1e-4)
+    only_fft["runs"] = [r for r in only_fft["runs"] if r["label"] == "fft"]
+    no_others = _setting(_results(), "two", 5e-5)
+    no_others["runs"] = [r for r in no_others["runs"] if r["label"] != "focal"]
+    table = sr.overview_table([_setting(_results(), "toy", 2e-5), only_fft, no_others])
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + 2  # the fft-only setting has no row
+    # macro-F1 of fft: 0.9, 0.2, 0.6, 0.5 -> mean 0.55, deviations +-0.35, +-0.05,
+    # population std sqrt((2 * 0.1225 + 2 * 0.0025) / 4) = 0.25.
+    assert lines[2] == (
+        "| BERT · toy · 32 tokens · lr 2e-05 | 4/3 | 62.50 ± 24.65 | 83.33 ± 0.00 "
+        "| 55.00 ± 25.00 | 80.00 ± 0.00 | 1/0 | 2/0 | focal 66.67 ± 23.57 |"
+    )
+    assert lines[3].startswith("| BERT · two · 32 tokens · lr 5e-05 | 4/3 |")
+    assert lines[3].endswith("| 1/0 | 2/0 | — |")
+
+
+def test_overview_verdict():
+    from dsgd_jax.examples import stability
+
+    one = _setting(_results(), "toy", 2e-5)
+    wide = _setting(_results(), "wide", 1e-4)
+    for run in wide["runs"]:  # fft spread 0 here, dsgd above it in mean
+        if run["label"] == "fft":
+            run["accuracy"] = 0.5
+    text = stability.overview_verdict(sr.overview_rows([one, wide]))
+    # dsgd 5/6 beats fft's mean (15/24, then 1/2) in both; its std 0 is below fft's
+    # 24.65 only in the first, since fft's std is 0 in the second.
+    assert "Over 2 settings, DSGD's mean accuracy is above FFT's in 2" in text
+    assert "its seed spread (std) is below FFT's in 1." in text
+    assert "Collapsed runs: FFT 2 of 8, DSGD 0 of 6." in text
+    assert "never predict some class right: FFT 4, DSGD 0." in text
+    assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-05 (24.65" in text
+    # focal (2/3) does not reach dsgd (5/6) in mean accuracy anywhere.
+    assert "matched or beaten" not in text
+    assert stability.overview_verdict([]) == "No setting has both FFT and DSGD runs yet."
+
+
+def test_plot_overview(tmp_path, saved_figures):
+    only_fft = _setting(_results(), "fft-only", 1e-4)
+    only_fft["runs"] = [r for r in only_fft["runs"] if r["label"] == "fft"]
+    settings = [_setting(_results(), "toy", 2e-5), only_fft, _setting(_results(), "b", 1e-4)]
+    path = sr.plot_overview(settings, tmp_path / "overview.png")
+    assert _is_png(path)
+    (fig,) = saved_figures
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == [
+        "BERT · toy · 32 tokens · lr 2e-05",
+        "BERT · b · 32 tokens · lr 0.0001",
+    ]
+    ax = visible[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fft", "dsgd"]
+    red = [c for c in ax.collections if np.allclose(c.get_edgecolor()[0], [1, 0, 0, 1])]
+    assert len(red) == 1  # the collapsed fft seed 52
+    np.testing.assert_allclose(red[0].get_offsets()[:, 1], [100 * 2 / 6])
+    # The mean marks of the error bars: fft 15/24, dsgd 5/6.
+    means = [line.get_ydata()[0] for line in ax.get_lines() if line.get_marker() == "o"]
+    np.testing.assert_allclose(means, [100 * 15 / 24, 100 * 5 / 6])
+    with pytest.raises(ValueError, match="no results with both 'fft' and 'dsgd'"):
+        sr.plot_overview([only_fft], tmp_path / "none.png")
