@@ -296,10 +296,6 @@ def check_equivalence(spec: overhead.ModelSpec, torch_model: nn.Module, device, 
     return check, torch_batch
 
 
-def _fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}"
-
-
 def markdown_table(summary: dict[str, Any], ratios: dict[str, float]) -> str:
     lines = [
         "| variant | median step (ms) | IQR (ms) | ratio to torch_dsgd (median [IQR]) |",
@@ -307,7 +303,8 @@ def markdown_table(summary: dict[str, Any], ratios: dict[str, float]) -> str:
     ]
     for name, s in summary.items():
         ratio = f"{s['ratio_median']:.3f} [{s['ratio_q25']:.3f}, {s['ratio_q75']:.3f}]"
-        lines.append(f"| {name} | {_fmt_ms(s['median_s'])} | {_fmt_ms(s['iqr_s'])} | {ratio} |")
+        median, iqr = timing.format_ms(s["median_s"]), timing.format_ms(s["iqr_s"])
+        lines.append(f"| {name} | {median} | {iqr} | {ratio} |")
     lines.append("")
     lines.append(
         f"jax_dsgd / torch_dsgd: {ratios['jax_dsgd/torch_dsgd']:.3f}; "

@@ -241,10 +241,6 @@ def run_benchmark(
     return results
 
 
-def _fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}"
-
-
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per (config, variant): median step, IQR, ratios to AdamW, compile, memory."""
     lines = [
@@ -257,8 +253,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         for variant, s in entry["variants"].items():
             flops = f"{s['flops'] / base_flops:.4f}" if base_flops else "n/a"
             ratio = f"{s['ratio_median']:.3f} [{s['ratio_q25']:.3f}, {s['ratio_q75']:.3f}]"
+            median, iqr = timing.format_ms(s["median_s"]), timing.format_ms(s["iqr_s"])
             lines.append(
-                f"| {name} | {variant} | {_fmt_ms(s['median_s'])} | {_fmt_ms(s['iqr_s'])} "
+                f"| {name} | {variant} | {median} | {iqr} "
                 f"| {ratio} | {flops} | {s['compile_s']:.1f} | {s['memory']['temp'] / 2**20:.1f} |"
             )
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["interleaved", "peak_rss_bytes", "quantile", "summarize"]
+__all__ = ["format_ms", "interleaved", "peak_rss_bytes", "quantile", "summarize"]
 
 
 def interleaved(
@@ -100,3 +100,8 @@ def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def format_ms(seconds: float) -> str:
+    """Seconds as milliseconds with one decimal, for tables: ``0.0123`` -> ``"12.3"``."""
+    return f"{seconds * 1e3:.1f}"
