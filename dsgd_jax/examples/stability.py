@@ -582,7 +582,8 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
     if not folders:
         parts.append("No protocol run has been committed yet.")
     all_results = [load_results(folder / "results.json") for folder in folders]
-    if folders:
+    rows = overview_rows(all_results)
+    if rows:
         parts += [
             "",
             "Every setting, FFT against DSGD: accuracy and macro-F1 in % as mean ± std over "
@@ -591,7 +592,7 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
             "",
             overview_table(all_results).strip(),
             "",
-            overview_verdict(overview_rows(all_results)),
+            overview_verdict(rows),
             "",
             f"![FFT against DSGD per seed, every setting]({OVERVIEW_PLOT})",
             "",

@@ -392,3 +392,33 @@ def test_plot_overview(tmp_path, saved_figures):
     np.testing.assert_allclose(means, [100 * 15 / 24, 100 * 5 / 6])
     with pytest.raises(ValueError, match="no results with both 'fft' and 'dsgd'"):
         sr.plot_overview([only_fft], tmp_path / "none.png")
+
+
+def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
+    from dsgd_jax.examples import stability
+
+    def folder(name, results):
+        results = {
+            **_setting(results, name, 1e-4),
+            "command": f"python benchmarks/stability.py --out={name}",
+            "machine": {"cpu": "cpu", "cores": "2", "device": "cpu", "jax": "x", "flax": "y"},
+            "missing": [],
+        }
+        results["base_config"]["num_epochs"] = 3
+        path = tmp_path / "benchmarks/results/stability" / name
+        path.mkdir(parents=True)
+        (path / "results.json").write_text(json.dumps(results))
+        return path
+
+    fft_only = _results()
+    fft_only["runs"] = [r for r in fft_only["runs"] if r["label"] == "fft"]
+    a = folder("a", fft_only)
+    section = stability.readme_section([a], tmp_path)
+    assert "| setting |" not in section and stability.OVERVIEW_PLOT not in section
+    assert "<summary>BERT · a · 32 tokens · lr 0.0001 · 3 epochs</summary>" in section
+    b = folder("b", _results())
+    section = stability.readme_section([a, b], tmp_path)
+    assert section.count("| BERT · ") == 1  # the overview row of b only
+    assert f"]({stability.OVERVIEW_PLOT})" in section
+    assert section.count("<details>") == section.count("</details>") == 2
+    assert "Over 1 setting, DSGD's mean accuracy is above FFT's in 1" in section
