@@ -636,8 +636,18 @@ def _missing(missing: Sequence[str]) -> str:
 
 
 def results_folders(root: Path) -> list[Path]:
-    """The committed protocol runs: ``benchmarks/results/stability/*/results.json``."""
-    return sorted(p.parent for p in (root / "benchmarks/results/stability").glob("*/results.json"))
+    """The committed protocol runs (``benchmarks/results/stability/*/results.json``).
+
+    In :func:`~dsgd_jax.examples.stability_report.setting_key` order: example,
+    task, sequence length, learning rate.
+    """
+    from dsgd_jax.examples.stability_report import load_results, setting_key
+
+    files = (root / "benchmarks/results/stability").glob("*/results.json")
+    return [
+        path.parent
+        for path in sorted(files, key=lambda path: (setting_key(load_results(path)), path))
+    ]
 
 
 OVERVIEW_PLOT = "benchmarks/results/stability/overview.png"

@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "ensemble_accuracy",
     "ensemble_rows",
+    "format_lr",
     "load_results",
     "majority_vote",
     "markdown_table",
@@ -45,6 +46,7 @@ __all__ = [
     "plot_epoch_curves",
     "plot_overview",
     "plot_seed_accuracy",
+    "setting_key",
     "setting_label",
     "write_report",
 ]
@@ -498,7 +500,7 @@ def setting_label(results: Mapping[str, Any]) -> str:
     Examples:
       >>> setting_label({"example": "bert", "task": "drugs",
       ...                "base_config": {"max_length": 64, "learning_rate": 1e-4}})
-      'BERT · drugs · 64 tokens · lr 0.0001'
+      'BERT · drugs · 64 tokens · lr 1e-4'
     """
     config = results.get("base_config") or {}
     example = results.get("example", "?")
@@ -506,8 +508,31 @@ def setting_label(results: Mapping[str, Any]) -> str:
     if "max_length" in config:
         parts.append(f"{config['max_length']} tokens")
     if "learning_rate" in config:
-        parts.append(f"lr {config['learning_rate']:g}")
+        parts.append(f"lr {format_lr(config['learning_rate'])}")
     return " · ".join(parts)
+
+
+def format_lr(value: float) -> str:
+    """A learning rate as people write it on the command line.
+
+    Examples:
+      >>> [format_lr(x) for x in (1e-4, 5e-5, 3e-4, 0.002, 2.5e-5, 0.1)]
+      ['1e-4', '5e-5', '3e-4', '2e-3', '2.5e-5', '1e-1']
+    """
+    mantissa, exponent = f"{float(value):e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def setting_key(results: Mapping[str, Any]) -> tuple[str, str, int, float]:
+    """Orders protocol runs by example, task, sequence length, then learning rate."""
+    config = results.get("base_config") or {}
+    return (
+        str(results.get("example", "")),
+        str(results.get("task", "")),
+        int(config.get("max_length", 0)),
+        float(config.get("learning_rate", 0.0)),
+    )
 
 
 def overview_rows(

@@ -342,10 +342,10 @@ def test_overview_table():
     # macro-F1 of fft: 0.9, 0.2, 0.6, 0.5 -> mean 0.55, deviations +-0.35, +-0.05,
     # population std sqrt((2 * 0.1225 + 2 * 0.0025) / 4) = 0.25.
     assert lines[2] == (
-        "| BERT · toy · 32 tokens · lr 2e-05 | 4/3 | 62.50 ± 24.65 | 83.33 ± 0.00 "
+        "| BERT · toy · 32 tokens · lr 2e-5 | 4/3 | 62.50 ± 24.65 | 83.33 ± 0.00 "
         "| 55.00 ± 25.00 | 80.00 ± 0.00 | 1/0 | 2/0 | focal 66.67 ± 23.57 |"
     )
-    assert lines[3].startswith("| BERT · two · 32 tokens · lr 5e-05 | 4/3 |")
+    assert lines[3].startswith("| BERT · two · 32 tokens · lr 5e-5 | 4/3 |")
     assert lines[3].endswith("| 1/0 | 2/0 | — |")
 
 
@@ -364,7 +364,7 @@ def test_overview_verdict():
     assert "its seed spread (std) is below FFT's in 1." in text
     assert "Collapsed runs: FFT 2 of 8, DSGD 0 of 6." in text
     assert "never predict some class right: FFT 4, DSGD 0." in text
-    assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-05 (24.65" in text
+    assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65" in text
     # focal (2/3) does not reach dsgd (5/6) in mean accuracy anywhere.
     assert "matched or beaten" not in text
     assert stability.overview_verdict([]) == "No setting has both FFT and DSGD runs yet."
@@ -379,8 +379,8 @@ def test_plot_overview(tmp_path, saved_figures):
     (fig,) = saved_figures
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == [
-        "BERT · toy · 32 tokens · lr 2e-05",
-        "BERT · b · 32 tokens · lr 0.0001",
+        "BERT · toy · 32 tokens · lr 2e-5",
+        "BERT · b · 32 tokens · lr 1e-4",
     ]
     ax = visible[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fft", "dsgd"]
@@ -415,10 +415,34 @@ def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
     a = folder("a", fft_only)
     section = stability.readme_section([a], tmp_path)
     assert "| setting |" not in section and stability.OVERVIEW_PLOT not in section
-    assert "<summary>BERT · a · 32 tokens · lr 0.0001 · 3 epochs</summary>" in section
+    assert "<summary>BERT · a · 32 tokens · lr 1e-4 · 3 epochs</summary>" in section
     b = folder("b", _results())
     section = stability.readme_section([a, b], tmp_path)
     assert section.count("| BERT · ") == 1  # the overview row of b only
     assert f"]({stability.OVERVIEW_PLOT})" in section
     assert section.count("<details>") == section.count("</details>") == 2
     assert "Over 1 setting, DSGD's mean accuracy is above FFT's in 1" in section
+
+
+def test_results_folders_in_setting_order(tmp_path):
+    from dsgd_jax.examples import stability
+
+    # Folder names sort one way (lr1e-4 < lr2e-5 < lr3e-4 < vit < x), settings another.
+    settings = {
+        "x-first": ("bert", "drugs", 64, 5e-5),
+        "lr1e-4": ("bert", "drugs", 64, 1e-4),
+        "lr2e-5": ("bert", "drugs", 64, 2e-5),
+        "lr3e-4": ("bert", "drugs", 128, 1e-5),
+        "vit": ("vit", "a", None, 2e-3),
+        "a-tweets": ("bert", "tweets2", 64, 1e-4),
+    }
+    for name, (example, task, length, lr) in settings.items():
+        config = {"learning_rate": lr}
+        if length is not None:
+            config["max_length"] = length
+        results = {**_results(), "example": example, "task": task, "base_config": config}
+        path = tmp_path / "benchmarks/results/stability" / name
+        path.mkdir(parents=True)
+        (path / "results.json").write_text(json.dumps(results))
+    order = [p.name for p in stability.results_folders(tmp_path)]
+    assert order == ["lr2e-5", "x-first", "lr1e-4", "lr3e-4", "a-tweets", "vit"]
