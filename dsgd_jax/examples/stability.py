@@ -556,7 +556,6 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
     :func:`update_readme`) comes first, then each setting's full table.
     """
     from dsgd_jax.examples.stability_report import (
-        load_results,
         markdown_table,
         overview_rows,
         overview_table,
@@ -581,7 +580,8 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
         )
     if not folders:
         parts.append("No protocol run has been committed yet.")
-    all_results = [load_results(folder / "results.json") for folder in folders]
+    settings = load_settings(folders)
+    all_results = [results for _, results in settings]
     rows = overview_rows(all_results)
     if rows:
         parts += [
@@ -598,7 +598,7 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
             "",
             "Each setting in full (click to open):",
         ]
-    for folder, results in zip(folders, all_results, strict=True):
+    for folder, results in settings:
         config = results["base_config"]
         machine = results["machine"]
         rel = folder.relative_to(root).as_posix()
@@ -636,18 +636,20 @@ def _missing(missing: Sequence[str]) -> str:
 
 
 def results_folders(root: Path) -> list[Path]:
-    """The committed protocol runs (``benchmarks/results/stability/*/results.json``).
+    """The committed protocol runs: ``benchmarks/results/stability/*/results.json``."""
+    return sorted(p.parent for p in (root / "benchmarks/results/stability").glob("*/results.json"))
 
-    In :func:`~dsgd_jax.examples.stability_report.setting_key` order: example,
-    task, sequence length, learning rate.
+
+def load_settings(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Each folder with its ``results.json``, read once, in setting order.
+
+    The order is :func:`~dsgd_jax.examples.stability_report.setting_key`'s
+    (example, task, sequence length, learning rate), so a sweep reads top to bottom.
     """
     from dsgd_jax.examples.stability_report import load_results, setting_key
 
-    files = (root / "benchmarks/results/stability").glob("*/results.json")
-    return [
-        path.parent
-        for path in sorted(files, key=lambda path: (setting_key(load_results(path)), path))
-    ]
+    loaded = [(folder, load_results(folder / "results.json")) for folder in folders]
+    return sorted(loaded, key=lambda item: (setting_key(item[1]), item[0]))
 
 
 OVERVIEW_PLOT = "benchmarks/results/stability/overview.png"
@@ -658,12 +660,12 @@ def update_readme(root: Path) -> str:
 
     Returns the section.
     """
-    from dsgd_jax.examples.stability_report import load_results, overview_rows, plot_overview
+    from dsgd_jax.examples.stability_report import overview_rows, plot_overview
 
-    folders = results_folders(root)
-    all_results = [load_results(folder / "results.json") for folder in folders]
+    settings = load_settings(results_folders(root))
+    all_results = [results for _, results in settings]
     if overview_rows(all_results):
         plot_overview(all_results, root / OVERVIEW_PLOT)
-    section = readme_section(folders, root)
+    section = readme_section([folder for folder, _ in settings], root)
     readme_blocks.fill_block(root / "README.md", README_MARKER, section)
     return section

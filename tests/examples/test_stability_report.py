@@ -424,7 +424,7 @@ def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
     assert "Over 1 setting, DSGD's mean accuracy is above FFT's in 1" in section
 
 
-def test_results_folders_in_setting_order(tmp_path):
+def test_load_settings_in_setting_order(tmp_path):
     from dsgd_jax.examples import stability
 
     # Folder names sort one way (lr1e-4 < lr2e-5 < lr3e-4 < vit < x), settings another.
@@ -444,5 +444,7 @@ def test_results_folders_in_setting_order(tmp_path):
         path = tmp_path / "benchmarks/results/stability" / name
         path.mkdir(parents=True)
         (path / "results.json").write_text(json.dumps(results))
-    order = [p.name for p in stability.results_folders(tmp_path)]
+    order = [
+        folder.name for folder, _ in stability.load_settings(stability.results_folders(tmp_path))
+    ]
     assert order == ["lr2e-5", "x-first", "lr1e-4", "lr3e-4", "a-tweets", "vit"]
