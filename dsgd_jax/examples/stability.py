@@ -555,6 +555,11 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
     An overview of every setting (table, verdict, ``overview.png``; see
     :func:`update_readme`) comes first, then each setting's full table.
     """
+    return _section(load_settings(folders), root)
+
+
+def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str:
+    """:func:`readme_section` from settings already read by :func:`load_settings`."""
     from dsgd_jax.examples.stability_report import (
         markdown_table,
         overview_rows,
@@ -578,9 +583,8 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
             "on a CPU the training itself is compute-bound, so for long runs expect less "
             "(the per-run times of the vmapped protocol runs below include it)."
         )
-    if not folders:
+    if not settings:
         parts.append("No protocol run has been committed yet.")
-    settings = load_settings(folders)
     all_results = [results for _, results in settings]
     rows = overview_rows(all_results)
     if rows:
@@ -666,6 +670,6 @@ def update_readme(root: Path) -> str:
     all_results = [results for _, results in settings]
     if overview_rows(all_results):
         plot_overview(all_results, root / OVERVIEW_PLOT)
-    section = readme_section([folder for folder, _ in settings], root)
+    section = _section(settings, root)
     readme_blocks.fill_block(root / "README.md", README_MARKER, section)
     return section
