@@ -493,6 +493,8 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
     if others:
         better = [o for o in others if stats[o]["accuracy_mean"] >= d["accuracy_mean"]]
         steadier = [o for o in others if stats[o]["accuracy_std"] <= d["accuracy_std"]]
+        more = [o for o in others if stats[o]["collapsed"] > d["collapsed"]]
+        fewer = [o for o in others if stats[o]["collapsed"] < d["collapsed"]]
         lines.append(
             "DSGD does not beat "
             + ", ".join(f"{o} ({_pct(stats[o]['accuracy_mean'])})" for o in better)
@@ -503,9 +505,16 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
         if steadier:
             lines.append(
                 "Lower or equal seed spread than DSGD: "
-                + ", ".join(f"{o} ({_pct(stats[o]['accuracy_std'])})" for o in steadier)
+                + ", ".join(_spread(o, stats[o], d) for o in steadier)
                 + "."
             )
+        for word, group in (("More", more), ("Fewer", fewer)):
+            if group:
+                lines.append(
+                    f"{word} collapsed runs than DSGD ({d['collapsed']} of {d['n']}): "
+                    + ", ".join(f"{o} {stats[o]['collapsed']} of {stats[o]['n']}" for o in group)
+                    + "."
+                )
     ens9, dsgd9 = ensemble_accuracy(results, base, 9), ensemble_accuracy(results, dsgd, 9)
     if ens9 is not None and dsgd9 is not None:
         lines.append(
@@ -513,6 +522,15 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
             f"DSGD run {'reaches' if d['accuracy_mean'] >= ens9 else 'stays below'} ENS(9)."
         )
     return " ".join(lines)
+
+
+def _spread(label: str, s: dict[str, Any], dsgd: dict[str, Any]) -> str:
+    """``label (std)``, saying so where the low spread comes from collapsed runs."""
+    if s["collapsed"] == s["n"]:
+        return f"{label} ({_pct(s['accuracy_std'])}, every run collapsed)"
+    if s["collapsed"] > dsgd["collapsed"]:
+        return f"{label} ({_pct(s['accuracy_std'])}, {s['collapsed']} of {s['n']} runs collapsed)"
+    return f"{label} ({_pct(s['accuracy_std'])})"
 
 
 def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:

@@ -349,6 +349,31 @@ def test_overview_table():
     assert lines[3].endswith("| 1/0 | 2/0 | — |")
 
 
+def test_verdict_names_collapse_behind_a_low_spread():
+    from dsgd_jax.examples import stability
+
+    results = _results()
+    for seed in (42, 52, 62):  # a method that predicts class 0 everywhere: 2/6, std 0
+        collapsed = {**results["runs"][3], "label": "lora", "method": "lora", "seed": seed}
+        results["runs"].append(collapsed)
+    # fft 15/24 (std 24.65, 1 of 4 collapsed, seeds 52 and 72 miss a class), dsgd 5/6 on
+    # every seed, focal 4/6 (std sqrt(1/18) = 23.57), lora 2/6 on every seed; no ENS(9).
+    assert stability.verdict(results) == (
+        "DSGD's mean accuracy is 20.83 points above FFT's (83.33 vs 62.50), with a standard "
+        "deviation over seeds of 0.00 vs 24.65 and 0 vs 1 collapsed runs of 3 and 4. "
+        "Runs that never predict some class right: DSGD 0 of 3, FFT 2 of 4. "
+        "None of the other 2 methods reaches DSGD's mean accuracy. "
+        "Lower or equal seed spread than DSGD: lora (0.00, every run collapsed). "
+        "More collapsed runs than DSGD (0 of 3): lora 3 of 3."
+    )
+    one_dsgd_collapse = copy.deepcopy(results)
+    one_dsgd_collapse["runs"][2]["collapsed"] = True  # dsgd seed 42, flag only
+    text = stability.verdict(one_dsgd_collapse)
+    assert "Fewer collapsed runs than DSGD (1 of 3): focal 0 of 3." in text
+    assert "More collapsed runs than DSGD (1 of 3): lora 3 of 3." in text
+    assert "DSGD collapses more often than FFT" not in text  # 1 of 3 against 1 of 4
+
+
 def test_overview_verdict():
     from dsgd_jax.examples import stability
 
