@@ -526,11 +526,12 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
 
 def _spread(label: str, s: dict[str, Any], dsgd: dict[str, Any]) -> str:
     """``label (std)``, saying so where the low spread comes from collapsed runs."""
+    note = ""
     if s["collapsed"] == s["n"]:
-        return f"{label} ({_pct(s['accuracy_std'])}, every run collapsed)"
-    if s["collapsed"] > dsgd["collapsed"]:
-        return f"{label} ({_pct(s['accuracy_std'])}, {s['collapsed']} of {s['n']} runs collapsed)"
-    return f"{label} ({_pct(s['accuracy_std'])})"
+        note = ", every run collapsed"
+    elif s["collapsed"] > dsgd["collapsed"]:
+        note = f", {s['collapsed']} of {s['n']} runs collapsed"
+    return f"{label} ({_pct(s['accuracy_std'])}{note})"
 
 
 def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:

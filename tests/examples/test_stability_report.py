@@ -452,7 +452,8 @@ def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
 def test_load_settings_in_setting_order(tmp_path):
     from dsgd_jax.examples import stability
 
-    # Folder names sort one way (lr1e-4 < lr2e-5 < lr3e-4 < vit < x), settings another.
+    # Folder names sort one way (a-tweets < lr1e-4 < lr2e-5 < lr3e-4 < vit < x-first),
+    # settings another.
     settings = {
         "x-first": ("bert", "drugs", 64, 5e-5),
         "lr1e-4": ("bert", "drugs", 64, 1e-4),
