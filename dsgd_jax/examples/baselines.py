@@ -553,16 +553,20 @@ def add_lora(
     return len(found)
 
 
-def lora_trainable(head: str) -> nnx.filterlib.Filter:
+def lora_trainable(head: str, *also: str) -> nnx.filterlib.Filter:
     """The nnx filter of what LoRA fine-tuning trains: every ``nnx.LoRAParam`` plus the
-    ``nnx.Param`` variables whose path contains ``head`` (the fresh classifier).
+    ``nnx.Param`` variables whose path contains ``head`` (the fresh classifier) or one of
+    ``also`` (further modules trained in full, PEFT's ``modules_to_save``).
 
     ``nnx.LoRAParam`` subclasses ``nnx.Param``, so ``nnx.Param`` alone would select
     everything. Use it as ``nnx.Optimizer(..., wrt=...)`` and ``nnx.DiffState``.
     """
-    if not isinstance(head, str) or not head:
-        raise ValueError(
-            f"lora_trainable: head={head!r} must be the attribute name of the classifier "
-            "(the model's head_name, e.g. 'classifier' for BERT, 'head' for ViT)"
-        )
-    return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains(head)))
+    for arg, name in (("head", head), *(("also", a) for a in also)):
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"lora_trainable: {arg}={name!r} must be a module's attribute name (the "
+                "model's head_name, e.g. 'classifier' for BERT, 'head' for ViT; "
+                "also: e.g. 'pooler')"
+            )
+    paths = [nnx.PathContains(name) for name in (head, *also)]
+    return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.Any(*paths)))

@@ -266,8 +266,9 @@ def _needs_head(model: nnx.Module, method: str) -> None:
 def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx.filterlib.Filter:
     """Applies the method's one-off change to a freshly built ``model`` (in place).
 
-    NoisyTune perturbs the weights; LoRA wraps attention query/value in adapters.
-    Returns the filter of the variables the optimizer trains.
+    NoisyTune perturbs the weights; LoRA wraps attention query/value in adapters and
+    trains them with the head and the modules named in the model's ``lora_also_trains``
+    (if any). Returns the filter of the variables the optimizer trains.
     """
     if config.method in ("lnsr", "lora"):
         _needs_head(model, config.method)
@@ -277,7 +278,7 @@ def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx
         baselines.add_lora(
             model, rank=config.lora_rank, alpha=config.lora_alpha, rngs=nnx.Rngs(params=key)
         )
-        return baselines.lora_trainable(model.head_name)
+        return baselines.lora_trainable(model.head_name, *getattr(model, "lora_also_trains", ()))
     return nnx.Param
 
 

@@ -526,6 +526,14 @@ def test_add_lora_on_tiny_bert(bert):
     assert _count(nnx.state(model, nnx.Param)) == n_params + lora  # Param selects all
     paths = [p for p, _ in nnx.to_flat_state(trainable)]
     assert all(p[-1] in ("lora_a", "lora_b") or p[0] == "classifier" for p in paths)
+    # With the pooler as a module to save: its kernel and bias as well, nothing more.
+    with_pooler = nnx.state(model, bl.lora_trainable("classifier", "pooler"))
+    assert _count(with_pooler) == lora + h * 3 + 3 + h * h + h
+    paths = {p[0] for p, _ in nnx.to_flat_state(with_pooler) if p[-1] not in ("lora_a", "lora_b")}
+    assert paths == {"classifier", "pooler"}
+    for bad, arg in ((("classifier", ""), "also=''"), ((None,), "head=None")):
+        with pytest.raises(ValueError, match=arg):
+            bl.lora_trainable(*bad)
 
     with pytest.raises(ValueError, match="query"):
         bl.add_lora(model, rngs=nnx.Rngs(0))  # everything is wrapped already

@@ -52,7 +52,7 @@ def test_noisytune_starts_from_perturbed_weights(tmp_path):
     )
 
 
-def test_lora_trains_adapters_and_head_only(tmp_path):
+def test_lora_trains_adapters_head_and_pooler_only(tmp_path):
     config = BertExampleConfig(
         model="tiny", task="synthetic", method="lora", num_epochs=1, learning_rate=1e-3,
         progress=False, lora_rank=4,
@@ -78,12 +78,16 @@ def test_lora_trains_adapters_and_head_only(tmp_path):
         rtol=1e-6, atol=1e-8,
     )  # fmt: skip
     np.testing.assert_allclose(
-        trained["pooler"]["kernel"], init["pooler"]["kernel"], rtol=1e-6, atol=1e-8
-    )
+        trained["encoder"]["embeddings"]["word_embeddings"]["embedding"],
+        init["encoder"]["embeddings"]["word_embeddings"]["embedding"], rtol=1e-6, atol=1e-8,
+    )  # fmt: skip
     assert np.abs(layer["value"]["lora_b"]).max() > 0  # adapters trained
+    # The head and the pooler (BertClassifier.lora_also_trains) train in full.
     assert not np.allclose(trained["classifier"]["kernel"], init["classifier"]["kernel"])
+    assert not np.allclose(trained["pooler"]["kernel"], init["pooler"]["kernel"])
     num_layers = len(trained["encoder"]["layers"])
-    expected = num_layers * 2 * (hidden * 4 + 4 * hidden) + hidden * 2 + 2
+    adapters = num_layers * 2 * (hidden * 4 + 4 * hidden)
+    expected = adapters + (hidden * 2 + 2) + (hidden * hidden + hidden)
     assert summary["num_trainable"] == expected < summary["num_params"]
 
 

@@ -236,9 +236,16 @@ class BertClassifier(nnx.Module):
     (:func:`dsgd_jax.examples.baselines.lnsr_penalty`) perturb the inputs of the pooler
     and of the classifier, and ``head_name`` names the freshly initialised layer that
     LoRA fine-tuning keeps trainable.
+
+    LoRA fine-tuning also trains the pooler in full (``lora_also_trains``). RoBERTa's
+    classification head (dense + tanh + out_proj) is new and fully trained under PEFT;
+    our pooler plays the dense layer's part. A checkpoint's pooler may never have been
+    trained for classification: all-MiniLM-L6-v2 ships one, but was tuned with mean
+    pooling, and frozen it maps every review to nearly the same vector.
     """
 
     head_name = "classifier"
+    lora_also_trains = ("pooler",)
 
     def __init__(
         self,
