@@ -163,3 +163,17 @@ def test_readme_performance_results_come_from_the_committed_files():
             for name, s in entry["variants"].items():
                 assert s["median_s"] == pytest.approx(np.median(entry["times_s"][name]), rel=1e-12)
             assert len(entry["times_s"]["adamw"]) == result["steps"]
+
+
+def test_readme_probe_numbers_come_from_the_committed_files():
+    folder = ROOT / "benchmarks" / "results" / "frozen_probe"
+    reports = sorted(folder.glob("*.json"))
+    assert reports, "run python benchmarks/frozen_probe.py (see the README)"
+    for path in reports:
+        report = json.loads(path.read_text())
+        assert f"`{report['command']}`" in README
+        probe = report["probes"]["features"]
+        assert f"{probe['test_accuracy']:.2%}" in README
+        assert f"{report['majority_rate']:.2%}" in README
+        # The committed counts add up to the test split.
+        assert sum(probe["test_prediction_counts"].values()) == report["test_examples"]
