@@ -561,12 +561,16 @@ def lora_trainable(head: str, *also: str) -> nnx.filterlib.Filter:
     ``nnx.LoRAParam`` subclasses ``nnx.Param``, so ``nnx.Param`` alone would select
     everything. Use it as ``nnx.Optimizer(..., wrt=...)`` and ``nnx.DiffState``.
     """
-    for arg, name in (("head", head), *(("also", a) for a in also)):
+    if not isinstance(head, str) or not head:
+        raise ValueError(
+            f"lora_trainable: head={head!r} must be the attribute name of the classifier "
+            "(the model's head_name, e.g. 'classifier' for BERT, 'head' for ViT)"
+        )
+    for name in also:
         if not isinstance(name, str) or not name:
             raise ValueError(
-                f"lora_trainable: {arg}={name!r} must be a module's attribute name (the "
-                "model's head_name, e.g. 'classifier' for BERT, 'head' for ViT; "
-                "also: e.g. 'pooler')"
+                f"lora_trainable: also={name!r} must be the attribute name of a module to "
+                "train in full, e.g. 'pooler' for BERT"
             )
     paths = [nnx.PathContains(name) for name in (head, *also)]
     return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.Any(*paths)))
