@@ -474,12 +474,23 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
         return "This run lacks FFT or DSGD, so it says nothing about DSGD against FFT."
     f, d = stats[base], stats[dsgd]
     gap = 100 * (d["accuracy_mean"] - f["accuracy_mean"])
+    if _pct(d["accuracy_mean"]) == _pct(f["accuracy_mean"]):
+        compared = f"equals FFT's ({_pct(d['accuracy_mean'])})"
+    else:
+        compared = (
+            f"is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} FFT's "
+            f"({_pct(d['accuracy_mean'])} vs {_pct(f['accuracy_mean'])})"
+        )
     lines = [
-        f"DSGD's mean accuracy is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} "
-        f"FFT's ({_pct(d['accuracy_mean'])} vs {_pct(f['accuracy_mean'])}), with a standard "
-        f"deviation over seeds of {_pct(d['accuracy_std'])} vs {_pct(f['accuracy_std'])} and "
-        f"{d['collapsed']} vs {f['collapsed']} collapsed runs of {d['n']} and {f['n']}."
+        f"DSGD's mean accuracy {compared}, with a standard deviation over seeds of "
+        f"{_pct(d['accuracy_std'])} vs {_pct(f['accuracy_std'])} and {d['collapsed']} vs "
+        f"{f['collapsed']} collapsed runs of {d['n']} and {f['n']}."
     ]
+    if _all_collapsed(d) and _all_collapsed(f):
+        lines.append(
+            "Every FFT and DSGD run collapsed onto one class, so this setting shows "
+            "neither method learning the task, and nothing about DSGD's stability."
+        )
     if d["accuracy_std"] > f["accuracy_std"]:
         lines.append("On this setting DSGD does not make the seeds agree more than FFT does.")
     if d["collapsed"] > f["collapsed"]:
@@ -524,10 +535,14 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
     return " ".join(lines)
 
 
+def _all_collapsed(s: dict[str, Any]) -> bool:
+    return s["collapsed"] == s["n"]
+
+
 def _spread(label: str, s: dict[str, Any], dsgd: dict[str, Any]) -> str:
     """``label (std)``, saying so where the low spread comes from collapsed runs."""
     note = ""
-    if s["collapsed"] == s["n"]:
+    if _all_collapsed(s):
         note = ", every run collapsed"
     elif s["collapsed"] > dsgd["collapsed"]:
         note = f", {s['collapsed']} of {s['n']} runs collapsed"
@@ -554,6 +569,14 @@ def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
         f"FFT's seed spread is widest on {widest['setting']} "
         f"({_pct(widest['base']['accuracy_std'])} points).",
     ]
+    dead = [r for r in rows if _all_collapsed(r["base"]) and _all_collapsed(r["dsgd"])]
+    if dead:
+        lines.append(
+            "Every FFT and DSGD run collapsed on "
+            + ", ".join(r["setting"] for r in dead)
+            + f" ({sum(r['base']['n'] for r in dead)} and {sum(r['dsgd']['n'] for r in dead)} "
+            "of those collapsed runs): there neither method learns the task."
+        )
     beaten = [
         r
         for r in rows

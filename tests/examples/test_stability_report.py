@@ -374,6 +374,33 @@ def test_verdict_names_collapse_behind_a_low_spread():
     assert "DSGD collapses more often than FFT" not in text  # 1 of 3 against 1 of 4
 
 
+def _all_majority(results):
+    """``results`` with every fft and dsgd run predicting class 0 (2/6, collapsed)."""
+    results = copy.deepcopy(results)
+    for run in results["runs"]:
+        if run["label"] in ("fft", "dsgd"):
+            run.update(predictions=[0] * 6, accuracy=2 / 6, macro_f1=0.2, collapsed=True)
+    return results
+
+
+def test_verdict_when_fft_and_dsgd_always_collapse():
+    from dsgd_jax.examples import stability
+
+    text = stability.verdict(_all_majority(_results()))
+    # Both 2/6 on every seed: a tie is no gap "below", and the setting says nothing.
+    assert text.startswith(
+        "DSGD's mean accuracy equals FFT's (33.33), with a standard deviation over seeds of "
+        "0.00 vs 0.00 and 3 vs 4 collapsed runs of 3 and 4. Every FFT and DSGD run collapsed "
+        "onto one class, so this setting shows neither method learning the task, and nothing "
+        "about DSGD's stability."
+    )
+    assert "points below" not in text and "points above" not in text
+    # One run off the majority class is enough to drop the sentence.
+    one_learns = _all_majority(_results())
+    one_learns["runs"][0]["collapsed"] = False
+    assert "Every FFT and DSGD run collapsed" not in stability.verdict(one_learns)
+
+
 def test_overview_verdict():
     from dsgd_jax.examples import stability
 
@@ -392,6 +419,15 @@ def test_overview_verdict():
     assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65" in text
     # focal (2/3) does not reach dsgd (5/6) in mean accuracy anywhere.
     assert "matched or beaten" not in text
+    assert "Every FFT and DSGD run collapsed" not in text
+    dead = _all_majority(_setting(_results(), "dead", 1e-5))
+    text = stability.overview_verdict(sr.overview_rows([one, dead]))
+    # toy: fft 1 of 4 collapsed, dsgd 0 of 3; dead: 4 of 4 and 3 of 3.
+    assert "Collapsed runs: FFT 5 of 8, DSGD 3 of 6." in text
+    assert (
+        "Every FFT and DSGD run collapsed on BERT · dead · 32 tokens · lr 1e-5 (4 and 3 of "
+        "those collapsed runs): there neither method learns the task." in text
+    )
     assert stability.overview_verdict([]) == "No setting has both FFT and DSGD runs yet."
 
 
