@@ -37,9 +37,13 @@ def main(argv=None) -> int:
     config_cls = _config_class(args.example)
     fields = vars(build_parser(config_cls, "frozen_probe", "").parse_args(rest))
     fields.pop("workdir")
-    config = config_cls(**fields)
-    config.validate()
-    report = probe_report(config, seed=config.seed, l2=args.l2)
+    try:
+        config = config_cls(**fields)
+        config.validate()
+        report = probe_report(config, seed=config.seed, l2=args.l2)
+    except (ValueError, OSError) as e:
+        print(f"frozen_probe: {e}", file=sys.stderr)
+        return 2
     report.update(
         example=args.example,
         command="python benchmarks/frozen_probe.py " + " ".join(argv),

@@ -119,3 +119,12 @@ def test_frozen_probe_script_on_the_tiny_bert(tmp_path, capsys):
         assert sum(result["test_prediction_counts"].values()) == len(test)
         assert 0.0 <= result["test_accuracy"] <= 1.0
     assert "majority class" in capsys.readouterr().out
+
+
+def test_frozen_probe_script_names_a_bad_setting(tmp_path, capsys):
+    script = runpy.run_path(str(ROOT / "benchmarks" / "frozen_probe.py"))
+    argv = ["--example=bert", "--model=tiny", "--task=synthetic", "--max_length=100000",
+            f"--out={tmp_path / 'probe.json'}"]  # fmt: skip
+    assert script["main"](argv) == 2
+    assert "max_length=100000" in capsys.readouterr().err
+    assert not (tmp_path / "probe.json").exists()

@@ -241,7 +241,8 @@ class BertClassifier(nnx.Module):
     classification head (dense + tanh + out_proj) is new and fully trained under PEFT;
     our pooler plays the dense layer's part. A checkpoint's pooler may never have been
     trained for classification: all-MiniLM-L6-v2 ships one, but was tuned with mean
-    pooling, and frozen it maps every review to nearly the same vector.
+    pooling, and frozen its outputs barely vary (per-dimension std 0.035 over the drug
+    reviews against 0.196 for [CLS]: ``benchmarks/results/frozen_probe/bert-drugs.json``).
     """
 
     head_name = "classifier"
