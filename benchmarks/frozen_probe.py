@@ -20,9 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from dsgd_jax.examples.cli import build_parser
 from dsgd_jax.examples.probe import probe_report
-from dsgd_jax.examples.stability import EXAMPLES, _config_class, machine_info
+from dsgd_jax.examples.stability import EXAMPLES, example_config, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "frozen_probe"
 
@@ -34,12 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--l2", type=float, default=1e-2, help="probe's L2 penalty on weights")
     parser.add_argument("--out", type=Path, help="JSON file; default results/frozen_probe/...")
     args, rest = parser.parse_known_args(argv)
-    config_cls = _config_class(args.example)
-    fields = vars(build_parser(config_cls, "frozen_probe", "").parse_args(rest))
-    fields.pop("workdir")
     try:
-        config = config_cls(**fields)
-        config.validate()
+        config = example_config(args.example, rest, "frozen_probe")
         report = probe_report(config, seed=config.seed, l2=args.l2)
     except (ValueError, OSError) as e:
         print(f"frozen_probe: {e}", file=sys.stderr)

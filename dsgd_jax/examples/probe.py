@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from dsgd_jax.examples.metrics import classification_metrics
+from dsgd_jax.examples.train import needs_head_split
 
 __all__ = ["fit_softmax_probe", "frozen_representations", "probe_report"]
 
@@ -97,12 +98,7 @@ def frozen_representations(
     """
     import jax.numpy as jnp
 
-    missing = [a for a in ("features", "classify", "head_name") if not hasattr(model, a)]
-    if missing:
-        raise ValueError(
-            f"frozen_representations: {type(model).__name__} lacks {', '.join(missing)}; "
-            "pass a model split into features() and classify() with a head_name"
-        )
+    needs_head_split(model, "frozen_representations")
     if batch_size < 1:
         raise ValueError(f"frozen_representations: batch_size={batch_size} must be >= 1")
     headless = nnx.clone(model)

@@ -370,6 +370,18 @@ def _config_class(example: str) -> type[TrainConfig]:
     return getattr(importlib.import_module(module), name)
 
 
+def example_config(example: str, argv: Sequence[str], prog: str) -> TrainConfig:
+    """``example``'s validated config from its command-line flags (``--workdir`` ignored)."""
+    from dsgd_jax.examples.cli import build_parser
+
+    config_cls = _config_class(example)
+    fields = vars(build_parser(config_cls, prog, "").parse_args(list(argv)))
+    fields.pop("workdir")
+    config = config_cls(**fields)
+    config.validate()
+    return config
+
+
 def _seeds(text: str) -> list[int]:
     if "," not in text and text.strip().isdigit() and int(text) <= len(PAPER_SEEDS):
         if int(text) < 1:
@@ -386,8 +398,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
     import argparse
     import shlex
     import sys
-
-    from dsgd_jax.examples.cli import build_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -411,13 +421,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report_only", action="store_true", help="no training, only results")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args, rest = parser.parse_known_args(argv)
-    config_cls = _config_class(args.example)
-    config_args = vars(build_parser(config_cls, parser.prog, "").parse_args(rest))
-    config_args.pop("workdir")
     try:
-        config = config_cls(**config_args)
-        config.validate()
-        methods = expand_methods(args.methods, config_cls)
+        config = example_config(args.example, rest, parser.prog)
+        methods = expand_methods(args.methods, type(config))
         seeds = _seeds(args.seeds)
         if args.conflict_every < 0:
             raise ValueError("--conflict_every must be >= 0.")

@@ -253,11 +253,13 @@ def _per_example(model, inputs, labels, key):
     return _CE(logits, labels), dsgd_jax.argmax_correct(logits, labels)
 
 
-def _needs_head(model: nnx.Module, method: str) -> None:
+def needs_head_split(model: nnx.Module, who: str) -> None:
+    """Raises ValueError, naming ``who``, unless ``model`` has features(), classify() and
+    head_name (as the BERT and ViT examples' models have)."""
     missing = [a for a in ("features", "classify", "head_name") if not hasattr(model, a)]
     if missing:
         raise ValueError(
-            f"method={method!r} needs a model with features(), classify() and head_name "
+            f"{who} needs a model with features(), classify() and head_name "
             f"(as the BERT and ViT examples' models have); {type(model).__name__} lacks "
             f"{', '.join(missing)}."
         )
@@ -271,7 +273,7 @@ def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx
     (if any). Returns the filter of the variables the optimizer trains.
     """
     if config.method in ("lnsr", "lora"):
-        _needs_head(model, config.method)
+        needs_head_split(model, f"method={config.method!r}")
     if config.method == "noisytune":
         baselines.noisytune_model(model, key, noise_lambda=config.noisytune_lambda)
     if config.method == "lora":
