@@ -565,15 +565,13 @@ def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
     runs_f, runs_d = (sum(r[k]["n"] for r in rows) for k in ("base", "dsgd"))
     collapsed_f, collapsed_d = (sum(r[k]["collapsed"] for r in rows) for k in ("base", "dsgd"))
     missing_f, missing_d = (sum(r[k]["missing_class"] for r in rows) for k in ("base", "dsgd"))
-    widest = max(rows, key=lambda r: r["base"]["accuracy_std"])
     lines = [
         f"Over {n} setting{'s' if n > 1 else ''}, DSGD's mean accuracy is above FFT's in "
         f"{higher} and its seed spread (std) is below FFT's in {steadier}.",
         f"Collapsed runs: FFT {collapsed_f} of {runs_f}, DSGD {collapsed_d} of {runs_d}"
         + (" (no setting here made plain fine-tuning collapse)." if collapsed_f == 0 else "."),
         f"Runs that never predict some class right: FFT {missing_f}, DSGD {missing_d}.",
-        f"FFT's seed spread is widest on {widest['setting']} "
-        f"({_pct(widest['base']['accuracy_std'])} points).",
+        _widest_spreads(rows),
     ]
     dead = [r for r in rows if _all_collapsed(r["base"]) and _all_collapsed(r["dsgd"])]
     if dead:
@@ -588,6 +586,9 @@ def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
         for r in rows
         if r["best_other"] and r["best_other"][1]["accuracy_mean"] >= r["dsgd"]["accuracy_mean"]
     ]
+    with_others = [r["setting"] for r in rows if r["best_other"]]
+    if with_others:
+        lines.append("Other methods ran on " + ", ".join(with_others) + ".")
     if beaten:
         lines.append(
             "Where baselines ran, DSGD is matched or beaten in mean accuracy on "
@@ -595,6 +596,21 @@ def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
             + "."
         )
     return " ".join(lines)
+
+
+def _widest_spreads(rows: Sequence[dict[str, Any]]) -> str:
+    """Where FFT's seed spread is widest, per example where there are several."""
+    examples = list(dict.fromkeys(r["example"] for r in rows))
+    parts = []
+    for example in examples:
+        widest = max(
+            (r for r in rows if r["example"] == example), key=lambda r: r["base"]["accuracy_std"]
+        )
+        among = f" among the {example} settings" if len(examples) > 1 else ""
+        parts.append(
+            f"on {widest['setting']} ({_pct(widest['base']['accuracy_std'])} points){among}"
+        )
+    return "FFT's seed spread is widest " + " and ".join(parts) + "."
 
 
 def readme_section(folders: Sequence[Path], root: Path) -> str:

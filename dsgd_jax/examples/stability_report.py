@@ -541,9 +541,10 @@ def overview_rows(
     """One row per protocol run that has both ``base`` and ``dsgd`` runs.
 
     Returns:
-      Per run, in the given order: ``setting`` (:func:`setting_label`), ``base``
-      and ``dsgd`` (their :func:`method_stats`), and ``best_other``: the label and
-      stats of the other method with the highest mean accuracy, or None.
+      Per run, in the given order: ``setting`` (:func:`setting_label`),
+      ``example`` (its display name, e.g. ``"BERT"``), ``base`` and ``dsgd`` (their
+      :func:`method_stats`), and ``best_other``: the label and stats of the other
+      method with the highest mean accuracy, or None.
     """
     rows = []
     for results in all_results:
@@ -555,6 +556,7 @@ def overview_rows(
         rows.append(
             {
                 "setting": setting_label(results),
+                "example": _EXAMPLE_NAMES.get(results.get("example"), str(results.get("example"))),
                 "base": stats[base],
                 "dsgd": stats[dsgd],
                 "best_other": best,

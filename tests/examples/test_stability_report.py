@@ -416,10 +416,25 @@ def test_overview_verdict():
     assert "its seed spread (std) is below FFT's in 1." in text
     assert "Collapsed runs: FFT 2 of 8, DSGD 0 of 6." in text
     assert "never predict some class right: FFT 4, DSGD 0." in text
-    assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65" in text
+    assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65 points)." in text
+    assert (
+        "Other methods ran on BERT · toy · 32 tokens · lr 2e-5, BERT · wide · 32 tokens · lr 1e-4."
+        in text
+    )
     # focal (2/3) does not reach dsgd (5/6) in mean accuracy anywhere.
     assert "matched or beaten" not in text
     assert "Every FFT and DSGD run collapsed" not in text
+    # With two examples, the widest spread is named per example; the ViT setting
+    # (fft spread 0, no focal runs) is the only ViT one, so it is its widest.
+    vit = {**wide, "example": "vit", "task": "digits"}
+    vit["runs"] = [r for r in vit["runs"] if r["label"] != "focal"]
+    text = stability.overview_verdict(sr.overview_rows([one, vit]))
+    assert (
+        "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65 points) among "
+        "the BERT settings and on ViT · digits · 32 tokens · lr 1e-4 (0.00 points) among the "
+        "ViT settings." in text
+    )
+    assert "Other methods ran on BERT · toy · 32 tokens · lr 2e-5." in text
     dead = _all_majority(_setting(_results(), "dead", 1e-5))
     text = stability.overview_verdict(sr.overview_rows([one, dead]))
     # toy: fft 1 of 4 collapsed, dsgd 0 of 3; dead: 4 of 4 and 3 of 3.
