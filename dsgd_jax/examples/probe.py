@@ -60,8 +60,13 @@ def fit_softmax_probe(
             f"fit_softmax_probe: labels must lie in 0..num_classes-1 = 0..{num_classes - 1}; "
             f"got {y.min()}..{y.max()} (pass the task's number of classes)"
         )
-    if l2 < 0 or learning_rate <= 0 or max_steps < 1:
-        raise ValueError("fit_softmax_probe: need l2 >= 0, learning_rate > 0 and max_steps >= 1.")
+    for name, value, ok, want in (
+        ("l2", l2, l2 >= 0, ">= 0"),
+        ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
+        ("max_steps", max_steps, max_steps >= 1, ">= 1"),
+    ):
+        if not ok:
+            raise ValueError(f"fit_softmax_probe: {name} must be {want}, got {value!r}")
     mean, std = x.mean(0), x.std(0) + 1e-8
     z = (x - mean) / std
     onehot = np.eye(num_classes)[y]

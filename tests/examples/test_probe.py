@@ -63,6 +63,19 @@ def test_probe_names_bad_input(args, match):
         probe.fit_softmax_probe(*args)
 
 
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"l2": -0.1}, "l2 must be >= 0, got -0.1"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0, got 0.0"),
+        ({"max_steps": 0}, "max_steps must be >= 1, got 0"),
+    ],
+)
+def test_probe_names_a_bad_option(option, match):
+    with pytest.raises(ValueError, match=match):
+        probe.fit_softmax_probe(np.zeros((3, 2)), np.array([0, 1, 0]), 2, **option)
+
+
 def _bert_inputs(n=5, length=7):
     rng = np.random.default_rng(2)
     return {
