@@ -31,11 +31,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--example", choices=sorted(EXAMPLES), required=True)
     parser.add_argument("--l2", type=float, default=1e-2, help="probe's L2 penalty on weights")
+    parser.add_argument(
+        "--max_steps", type=int, default=10_000, help="the probe's cap on L-BFGS iterations"
+    )
     parser.add_argument("--out", type=Path, help="JSON file; default results/frozen_probe/...")
     args, rest = parser.parse_known_args(argv)
     try:
         config = example_config(args.example, rest, "frozen_probe")
-        report = probe_report(config, seed=config.seed, l2=args.l2)
+        report = probe_report(config, seed=config.seed, l2=args.l2, max_steps=args.max_steps)
     except (ValueError, OSError) as e:
         print(f"frozen_probe: {e}", file=sys.stderr)
         return 2
@@ -54,6 +57,11 @@ def main(argv=None) -> int:
             f"{probe['test_accuracy']:.2%}, macro-F1 {probe['test_macro_f1']:.2%}, train "
             f"accuracy {probe['train_accuracy']:.2%}, predictions {probe['test_prediction_counts']}"
         )
+        if not probe["converged"]:
+            print(
+                f"  warning: the {name} probe stopped after {probe['steps']} iterations with a "
+                f"gradient of {probe['final_gradient']:.1e}, short of its optimum"
+            )
     out = args.out or RESULTS / f"{args.example}-{report['task']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -34,19 +34,30 @@ def test_probe_reaches_the_regularised_optimum():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)) * [1.0, 5.0, 0.2, 1.0] + [0.0, 3.0, -1.0, 0.0]
     y = rng.integers(0, 3, size=60)
-    predict = probe.fit_softmax_probe(x, y, 3, l2=0.1, learning_rate=0.5, tolerance=1e-9)
+    predict = probe.fit_softmax_probe(x, y, 3, l2=0.1, tolerance=1e-9)
     grad_w, grad_b = _objective_gradient(x, y, 3, predict.weights, predict.bias, 0.1)
     assert np.abs(grad_w).max() < 1e-8 and np.abs(grad_b).max() < 1e-8
-    assert predict.steps < 5000  # stopped on the tolerance, not the step cap
+    assert predict.converged and predict.gradient < 1e-9  # stopped on the tolerance
     z = (x - x.mean(0)) / (x.std(0) + 1e-8)
     np.testing.assert_array_equal(predict(x), (z @ predict.weights + predict.bias).argmax(1))
+
+
+def test_probe_says_when_the_step_cap_stopped_it():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.integers(0, 2, size=40)
+    predict = probe.fit_softmax_probe(x, y, 2, l2=0.1, max_steps=3)
+    assert predict.steps == 3 and not predict.converged
+    # The reported gradient is the one at the returned weights, written out by hand.
+    grad_w, grad_b = _objective_gradient(x, y, 2, predict.weights, predict.bias, 0.1)
+    assert predict.gradient == pytest.approx(max(np.abs(grad_w).max(), np.abs(grad_b).max()))
+    assert predict.gradient > 1e-6
 
 
 def test_probe_separates_linearly_separable_classes():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(90, 5))
     y = (x @ rng.normal(size=(5, 3))).argmax(1)  # classes are linear regions
-    predict = probe.fit_softmax_probe(x, y, 3, l2=0.0, learning_rate=1.0, max_steps=20000)
+    predict = probe.fit_softmax_probe(x, y, 3, l2=0.0, max_steps=20000)
     assert np.mean(predict(x) == y) == 1.0
 
 
@@ -67,7 +78,7 @@ def test_probe_names_bad_input(args, match):
     ("option", "match"),
     [
         ({"l2": -0.1}, "l2 must be >= 0, got -0.1"),
-        ({"learning_rate": 0.0}, "learning_rate must be > 0, got 0.0"),
+        ({"tolerance": 0.0}, "tolerance must be > 0, got 0.0"),
         ({"max_steps": 0}, "max_steps must be >= 1, got 0"),
     ],
 )
@@ -131,7 +142,14 @@ def test_frozen_probe_script_on_the_tiny_bert(tmp_path, capsys):
     for result in report["probes"].values():
         assert sum(result["test_prediction_counts"].values()) == len(test)
         assert 0.0 <= result["test_accuracy"] <= 1.0
-    assert "majority class" in capsys.readouterr().out
+        assert result["converged"] and result["final_gradient"] < 1e-6
+    printed = capsys.readouterr().out
+    assert "majority class" in printed and "warning" not in printed
+    # Capped at one step, the probes stop short, and the script says so.
+    assert script["main"]([*argv, "--max_steps=1"]) == 0
+    report = json.loads(out.read_text())
+    assert not any(result["converged"] for result in report["probes"].values())
+    assert capsys.readouterr().out.count("stopped after 1 iterations") == 2
 
 
 def test_frozen_probe_script_names_a_bad_setting(tmp_path, capsys):
