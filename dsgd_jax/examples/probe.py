@@ -76,6 +76,7 @@ def fit_softmax_probe(
     z = (x - mean) / std
     onehot = np.eye(num_classes)[y]
     shape = (x.shape[1], num_classes)
+    weights_size = shape[0] * shape[1]
 
     def objective(theta):
         weights, bias = theta[:weights_size].reshape(shape), theta[weights_size:]
@@ -87,7 +88,6 @@ def fit_softmax_probe(
         grad = np.concatenate([(z.T @ residual / len(z) + l2 * weights).ravel(), residual.mean(0)])
         return loss, grad
 
-    weights_size = shape[0] * shape[1]
     fit = minimize(
         objective,
         np.zeros(weights_size + num_classes),
