@@ -152,6 +152,28 @@ def test_readme_stability_results_come_from_the_committed_files():
     assert (ROOT / stability.OVERVIEW_PLOT).exists(), "run python benchmarks/stability_readme.py"
 
 
+def test_readme_says_where_the_baselines_ran_as_the_committed_files_do():
+    from dsgd_jax.examples import stability
+    from dsgd_jax.examples import stability_report as sr
+
+    settings = stability.load_settings(stability.results_folders(ROOT))
+    rows = sr.overview_rows([results for _, results in settings])
+    with_others = {r["setting"] for r in rows if r["best_other"]}
+    bert = [r for r in rows if r["example"] == "BERT"]
+    vit = [r for r in rows if r["example"] == "ViT"]
+    widest_bert = max(bert, key=lambda r: r["base"]["accuracy_std"])["setting"]
+    assert widest_bert == "BERT · drugs · 64 tokens · lr 3e-4" and widest_bert in with_others
+    assert "For BERT the baselines ran on drugs at lr 3e-4, the BERT setting where FFT's" in README
+    default = "ViT · mnist_5k-longtail100 · lr 2e-3"
+    assert default in with_others
+    widest_vit = max(vit, key=lambda r: r["base"]["accuracy_std"])["setting"]
+    lowest_vit = min(vit, key=lambda r: r["base"]["accuracy_mean"])["setting"]
+    assert default not in (widest_vit, lowest_vit)
+    assert (
+        "which is neither\nthe ViT setting with FFT's widest spread nor the one with its" in README
+    )
+
+
 def test_readme_performance_results_come_from_the_committed_files():
     from dsgd_jax.examples import overhead
 
