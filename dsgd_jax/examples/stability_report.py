@@ -503,13 +503,18 @@ def setting_label(results: Mapping[str, Any]) -> str:
       'BERT · drugs · 64 tokens · lr 1e-4'
     """
     config = results.get("base_config") or {}
-    example = results.get("example", "?")
-    parts = [_EXAMPLE_NAMES.get(example, str(example)), str(results.get("task", "?"))]
+    parts = [_example_name(results), str(results.get("task", "?"))]
     if "max_length" in config:
         parts.append(f"{config['max_length']} tokens")
     if "learning_rate" in config:
         parts.append(f"lr {format_lr(config['learning_rate'])}")
     return " · ".join(parts)
+
+
+def _example_name(results: Mapping[str, Any]) -> str:
+    """The display name of a protocol run's example ("BERT", "ViT"; "?" if unknown)."""
+    example = results.get("example", "?")
+    return _EXAMPLE_NAMES.get(example, str(example))
 
 
 def format_lr(value: float) -> str:
@@ -556,7 +561,7 @@ def overview_rows(
         rows.append(
             {
                 "setting": setting_label(results),
-                "example": _EXAMPLE_NAMES.get(results.get("example"), str(results.get("example"))),
+                "example": _example_name(results),
                 "base": stats[base],
                 "dsgd": stats[dsgd],
                 "best_other": best,
