@@ -36,6 +36,7 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=0, help="timed rounds (default 20; quick 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     configs = args.configs.split(",") if args.configs else None
     args.configs = configs or list(overhead.QUICK if args.quick else overhead.FULL)
@@ -57,7 +58,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     machine = machine_info()
     print(f"machine: {machine}")
-    configs = overhead.run_benchmark(args.configs, steps=args.steps, warmup=args.warmup)
+    configs = overhead.run_benchmark(
+        args.configs, steps=args.steps, warmup=args.warmup, show_bar=args.progress
+    )
     result = {
         "command": "python benchmarks/step_overhead.py " + " ".join(argv),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

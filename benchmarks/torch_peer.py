@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"output folder (default {RESULTS}/<quick|full>-<cpu|gpu>)",
     )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no bar over the rounds"
+    )
     return parser
 
 
@@ -442,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         f"timing {args.steps} interleaved rounds of {', '.join(ORDER)} "
         f"after {args.warmup} warm-up calls each (torch threads: {torch.get_num_threads()})"
     )
-    times = timing.interleaved(steps, steps=args.steps, warmup=args.warmup)
+    with timing.rounds_bar(args.steps, "timed rounds", args.progress) as bar:
+        times = timing.interleaved(
+            steps, steps=args.steps, warmup=args.warmup, on_round=lambda _: bar.update()
+        )
     summary = timing.summarize(times, baseline=BASELINE)
     ratios = {
         "jax_dsgd/torch_dsgd": summary["jax_dsgd"]["ratio_median"],

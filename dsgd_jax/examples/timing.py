@@ -22,11 +22,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_ms", "interleaved", "peak_rss_bytes", "quantile", "summarize"]
+__all__ = ["format_ms", "interleaved", "peak_rss_bytes", "quantile", "rounds_bar", "summarize"]
 
 
 def interleaved(
-    variants: Mapping[str, Callable[[], Any]], *, steps: int, warmup: int = 2
+    variants: Mapping[str, Callable[[], Any]],
+    *,
+    steps: int,
+    warmup: int = 2,
+    on_round: Callable[[int], Any] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each variant over ``steps`` interleaved rounds.
 
@@ -34,7 +38,9 @@ def interleaved(
     (``jax.block_until_ready``, ``torch.cuda.synchronize``). Every variant is
     first called ``warmup`` times (compilation, caches), then round ``i`` calls
     each variant once, starting from the ``i``-th (A B C, B C A, C A B, ...), so
-    no variant always runs right after the same neighbour.
+    no variant always runs right after the same neighbour. ``on_round(k)``, if
+    given, is called outside the timed calls after the ``k``-th round (a
+    progress bar's update).
     """
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1.")
@@ -53,7 +59,16 @@ def interleaved(
             start = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - start)
+        if on_round is not None:
+            on_round(i + 1)
     return times
+
+
+def rounds_bar(total: int, desc: str, show: bool = True):
+    """A tqdm bar over timed rounds; pass ``on_round=lambda _: bar.update()``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="round", disable=not show, dynamic_ncols=True)
 
 
 def quantile(values: Sequence[float], q: float) -> float:

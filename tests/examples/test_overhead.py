@@ -33,6 +33,16 @@ def test_interleaved_warms_up_then_alternates():
     assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_interleaved_reports_each_round_after_its_calls():
+    calls, rounds = [], []
+    variants = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    timing.interleaved(
+        variants, steps=3, warmup=1, on_round=lambda k: rounds.append((k, len(calls)))
+    )
+    # Two warm-up calls, then two calls per round before each report.
+    assert rounds == [(1, 4), (2, 6), (3, 8)]
+
+
 def test_summary_statistics_match_numpy():
     rng = np.random.default_rng(0)
     base = rng.uniform(1.0, 2.0, 21)
