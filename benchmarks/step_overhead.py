@@ -3,11 +3,14 @@
     python benchmarks/step_overhead.py --quick     # tiny BERT and ViT, about a minute on CPU
     python benchmarks/step_overhead.py             # MiniLM-L6, BERT-base, tiny ViT, ViT-B/16
     python benchmarks/step_overhead.py --configs=minilm-l6,vit-tiny --steps=50
+    python benchmarks/step_overhead.py --configs=bert-base --variants=adamw,adamw-copy,dsgd
 
 Each config's four variants (``adamw``, ``dsgd``, ``dsgd+diagnostics``,
 ``pcgrad``; see :mod:`dsgd_jax.examples.overhead`) are compiled and warmed up
 first, then timed in interleaved rounds (A B C D, B C D A, ...) in this one
-process. Writes ``results.json``, ``table.md`` and ``ratios.png`` to
+process; ``--variants`` picks some of them, and ``adamw-copy`` adds the AdamW
+step compiled a second time, a control that shows what the benchmark reads for
+two identical programs. Writes ``results.json``, ``table.md`` and ``ratios.png`` to
 ``benchmarks/results/step_overhead/<quick|full>-<cpu|gpu>/`` (or ``--out``) and
 prints the table, the machine and the versions.
 """
@@ -33,6 +36,12 @@ def parse_args(argv):
     parser.add_argument(
         "--configs", default="", help=f"comma-separated, from {', '.join(overhead.CONFIGS)}"
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(overhead.VARIANTS),
+        help=f"comma-separated, from {', '.join((*overhead.VARIANTS, overhead.CONTROL))}; "
+        "must include adamw",
+    )
     parser.add_argument("--steps", type=int, default=0, help="timed rounds (default 20; quick 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
@@ -43,6 +52,14 @@ def parse_args(argv):
     unknown = [c for c in args.configs if c not in overhead.CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}")
+    args.variants = args.variants.split(",")
+    known = (*overhead.VARIANTS, overhead.CONTROL)
+    bad = [v for v in args.variants if v not in known]
+    if bad or "adamw" not in args.variants or len(set(args.variants)) != len(args.variants):
+        parser.error(
+            f"--variants={','.join(args.variants)}: name each of {', '.join(known)} at most "
+            "once, and include adamw (the baseline)"
+        )
     args.steps = args.steps or (5 if args.quick else 20)
     if args.steps < 1:
         parser.error(f"--steps={args.steps}: give at least 1 timed round (20 for real figures)")
@@ -59,7 +76,11 @@ def main(argv=None) -> int:
     machine = machine_info()
     print(f"machine: {machine}")
     configs = overhead.run_benchmark(
-        args.configs, steps=args.steps, warmup=args.warmup, show_bar=args.progress
+        args.configs,
+        steps=args.steps,
+        warmup=args.warmup,
+        variants=args.variants,
+        show_bar=args.progress,
     )
     result = {
         "command": "python benchmarks/step_overhead.py " + " ".join(argv),

@@ -12,6 +12,9 @@ model (random weights, a random batch) for one variant:
 - ``dsgd+diagnostics``: that step plus :func:`dsgd_jax.gradient_conflict` on
   the same batch, in one program (what ``--conflict_every=1`` costs).
 - ``pcgrad``: the examples' PCGrad step (one forward, two backward passes).
+- ``adamw-copy`` (not run unless asked for): a second ``adamw`` step, compiled
+  and allocated on its own. Its ratio to ``adamw`` is what the benchmark reads
+  for two identical programs, the control for a small DSGD/AdamW gap.
 
 :func:`run_benchmark` times the variants of each model config with
 :func:`dsgd_jax.examples.timing.interleaved` and writes ``results.json``,
@@ -20,8 +23,10 @@ model (random weights, a random batch) for one variant:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +45,7 @@ from dsgd_jax.examples.vit import model as vit_model
 
 __all__ = [
     "CONFIGS",
+    "CONTROL",
     "FULL",
     "QUICK",
     "VARIANTS",
@@ -57,6 +63,8 @@ __all__ = [
 
 VARIANTS = ("adamw", "dsgd", "dsgd+diagnostics", "pcgrad")
 BASELINE = "adamw"
+CONTROL = "adamw-copy"  # the same program as BASELINE, compiled again: an A/A control
+HLO_DIFF_LIMIT = 40  # instruction kinds listed against AdamW's program; longer lists only counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +138,7 @@ def _plain_adamw_step(model, optimizer, inputs, labels, valid, key):
 
 
 def _variant_step(variant: str, total_updates: int) -> Callable[..., Any]:
-    if variant == "adamw":
+    if variant in (BASELINE, CONTROL):
         return _plain_adamw_step
     if variant == "pcgrad":
         return make_steps(TrainConfig(method="pcgrad"), total_updates).train
@@ -144,7 +152,7 @@ def _variant_step(variant: str, total_updates: int) -> Callable[..., Any]:
             return {**steps.train(model, optimizer, *batch), **conflict}
 
         return with_diagnostics
-    raise ValueError(f"variant={variant!r} is not one of {VARIANTS}.")
+    raise ValueError(f"variant={variant!r} is not one of {(*VARIANTS, CONTROL)}.")
 
 
 @dataclasses.dataclass
@@ -155,6 +163,39 @@ class Prepared:
     compile_s: float
     memory: dict[str, int]
     flops: float
+    hlo_ops: collections.Counter  # the optimized entry computation, see hlo_entry_ops
+
+
+_ARRAY_SHAPE = re.compile(r"\b[a-z]+[0-9]*\[")  # f32[, s32[, pred[, u32[ ...
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z][\w\-]*)\(")
+
+
+def hlo_entry_ops(hlo_text: str) -> collections.Counter:
+    """Instructions of an HLO module's ENTRY computation, counted by ``"opcode shape"``.
+
+    ``hlo_text`` is ``compiled.as_text()``: after XLA's passes, each fusion is one
+    instruction. Layouts are dropped (``f32[32]{0}`` counts as ``f32[32]``) and a
+    tuple shape is written ``tuple/N`` for N elements.
+    """
+    start = hlo_text.find("\nENTRY ")
+    if start < 0:
+        raise ValueError("hlo_text has no ENTRY computation; pass compiled.as_text().")
+    body = hlo_text[start + 1 :].split("\n}", 1)[0].splitlines()[1:]
+    counts: collections.Counter = collections.Counter()
+    for line in body:
+        match = _INSTRUCTION.match(line)
+        if match is None:
+            continue
+        shape = re.sub(r"\{[^{}]*\}", "", match.group(1))
+        if shape.startswith("("):
+            shape = f"tuple/{len(_ARRAY_SHAPE.findall(shape))}"
+        counts[f"{match.group(2)} {shape}"] += 1
+    return counts
+
+
+def hlo_difference(base: collections.Counter, other: collections.Counter) -> dict[str, int]:
+    """``other``'s count minus ``base``'s for each instruction kind whose counts differ."""
+    return {k: other[k] - base[k] for k in sorted(set(base) | set(other)) if other[k] != base[k]}
 
 
 def prepare(spec: ModelSpec, variant: str, *, seed: int = 0, total_updates: int = 1000):
@@ -186,13 +227,14 @@ def prepare(spec: ModelSpec, variant: str, *, seed: int = 0, total_updates: int 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float((cost or {}).get("flops", 0.0))
+    hlo_ops = hlo_entry_ops(compiled.as_text())
     holder = [state]
 
     def step() -> None:
         holder[0], metrics = compiled(holder[0], *batch)
         jax.block_until_ready((holder[0], metrics))
 
-    return Prepared(step, compile_s, memory, flops)
+    return Prepared(step, compile_s, memory, flops, hlo_ops)
 
 
 def _device_peak() -> int | None:
@@ -215,9 +257,12 @@ def run_benchmark(
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown configs {unknown}; choose from {sorted(CONFIGS)}.")
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad or BASELINE not in variants:
-        raise ValueError(f"variants must be among {VARIANTS} and include {BASELINE!r}.")
+    bad = [v for v in variants if v not in (*VARIANTS, CONTROL)]
+    if bad or BASELINE not in variants or len(set(variants)) != len(variants):
+        raise ValueError(
+            f"variants={list(variants)}: name each of {(*VARIANTS, CONTROL)} at most once "
+            f"and include {BASELINE!r}."
+        )
     results = {}
     for name in configs:
         spec = CONFIGS[name]
@@ -232,8 +277,18 @@ def run_benchmark(
                 on_round=lambda _: bar.update(),
             )
         summary = timing.summarize(times, BASELINE)
+        base_ops = prepared[BASELINE].hlo_ops
         for v, p in prepared.items():
-            summary[v].update(compile_s=p.compile_s, memory=p.memory, flops=p.flops)
+            diff = hlo_difference(base_ops, p.hlo_ops)
+            summary[v].update(
+                compile_s=p.compile_s,
+                memory=p.memory,
+                flops=p.flops,
+                hlo_instructions=sum(p.hlo_ops.values()),
+                hlo_kinds_differing=len(diff),
+                # In full only when short: DSGD's and the control's, not PCGrad's.
+                hlo_diff_vs_adamw=diff if len(diff) <= HLO_DIFF_LIMIT else None,
+            )
         results[name] = {
             "spec": dataclasses.asdict(spec),
             "description": spec.describe(),
@@ -274,7 +329,7 @@ def plot_ratios(results: dict[str, Any], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    variants = [v for v in VARIANTS if any(v in results[n]["variants"] for n in names)]
+    variants = [v for v in (*VARIANTS, CONTROL) if any(v in results[n]["variants"] for n in names)]
     width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.6))
     for i, variant in enumerate(variants):
@@ -319,29 +374,40 @@ def verdict(result: dict[str, Any]) -> str:
     """Plain sentences on the benchmark's targets for one committed results file.
 
     Targets: DSGD/AdamW median step-time ratio <= 1.02 on CPU (1.01 on GPU);
-    PCGrad/DSGD >= 1.7; DSGD (no diagnostics) within noise of AdamW.
+    PCGrad/DSGD >= 1.7; DSGD (no diagnostics) within noise of AdamW, read as
+    the distribution-free interval of the median ratio
+    (:func:`dsgd_jax.examples.timing.median_interval`) holding 1.
     """
     platform = "gpu" if result["machine"]["device"].lower() not in ("cpu", "") else "cpu"
     target = TARGETS[platform]
     lines, pcgrad_missed = [], []
     for name, entry in result["configs"].items():
         v = entry["variants"]
-        d = v["dsgd"]
-        met = "meets" if d["ratio_median"] <= target else "misses"
-        noise = "includes" if d["ratio_q25"] <= 1.0 <= d["ratio_q75"] else "excludes"
-        text = (
-            f"- {name}: DSGD/AdamW {d['ratio_median']:.3f} ({met} the {platform.upper()} "
-            f"target {target}; the per-round IQR [{d['ratio_q25']:.3f}, {d['ratio_q75']:.3f}] "
-            f"{noise} 1)"
-        )
-        if v["adamw"].get("flops"):
-            text += f"; XLA flops DSGD/AdamW {d['flops'] / v['adamw']['flops']:.4f}"
-        if "pcgrad" in v:
+        # Recomputed from the rounds, so files written before the interval existed read alike.
+        ratios = timing.summarize(entry["times_s"], BASELINE)
+        parts = [f"- {name}:"]
+        if "dsgd" in v:
+            d, r = v["dsgd"], ratios["dsgd"]
+            met = "meets" if r["ratio_median"] <= target else "misses"
+            parts.append(
+                f"DSGD/AdamW {r['ratio_median']:.3f} ({met} the {platform.upper()} target "
+                f"{target}; {_interval(r)})"
+            )
+            if v[BASELINE].get("flops"):
+                parts.append(f"XLA flops DSGD/AdamW {d['flops'] / v[BASELINE]['flops']:.4f}")
+        if CONTROL in v:
+            parts.append(
+                f"the control, AdamW compiled twice, reads {ratios[CONTROL]['ratio_median']:.3f} "
+                f"({_interval(ratios[CONTROL])})"
+            )
+        if "pcgrad" in v and "dsgd" in v:
             per_pair = timing.summarize(entry["times_s"], "dsgd")["pcgrad"]["ratio_median"]
-            text += f"; PCGrad/DSGD {per_pair:.2f} ({'meets' if per_pair >= 1.7 else 'misses'} 1.7)"
+            parts.append(
+                f"PCGrad/DSGD {per_pair:.2f} ({'meets' if per_pair >= 1.7 else 'misses'} 1.7)"
+            )
             if per_pair < 1.7:
-                pcgrad_missed.append(f"{v['pcgrad']['flops'] / d['flops']:.2f}")
-        lines.append(text + ".")
+                pcgrad_missed.append(f"{v['pcgrad']['flops'] / v['dsgd']['flops']:.2f}")
+        lines.append(parts[0] + " " + "; ".join(parts[1:]) + ".")
     if pcgrad_missed:
         lines += [
             "",
@@ -355,6 +421,15 @@ def verdict(result: dict[str, Any]) -> str:
             "the model twice (one loss and one gradient per group) would cost about 2x.",
         ]
     return "\n".join(lines)
+
+
+def _interval(summary: dict[str, float]) -> str:
+    low, high = summary["ratio_ci_low"], summary["ratio_ci_high"]
+    held = "holds" if low <= 1.0 <= high else "excludes"
+    return (
+        f"the {summary['ratio_ci_coverage']:.0%} interval of that median, "
+        f"[{low:.3f}, {high:.3f}], {held} 1"
+    )
 
 
 def results_files(root: Path) -> list[Path]:

@@ -5,7 +5,8 @@ different moments. :func:`interleaved` calls every variant once per round,
 each round starting one variant later (A B C, B C A, C A B, ...), after each
 has warmed up, so slow spells hit all variants alike;
 :func:`summarize` then reports each variant's median and interquartile range and,
-against a baseline, the median of the per-round ratios. No JAX needed here: the
+against a baseline, the median of the per-round ratios with a distribution-free
+interval for that median (:func:`median_interval`). No JAX needed here: the
 PyTorch peer uses the same functions.
 
 >>> rounds = {"a": [1.0, 2.0, 3.0, 4.0], "b": [2.0, 4.0, 6.0, 8.0]}
@@ -15,6 +16,7 @@ PyTorch peer uses the same functions.
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import sys
@@ -22,7 +24,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_ms", "interleaved", "peak_rss_bytes", "quantile", "rounds_bar", "summarize"]
+__all__ = [
+    "format_ms",
+    "interleaved",
+    "median_interval",
+    "peak_rss_bytes",
+    "quantile",
+    "rounds_bar",
+    "summarize",
+]
 
 
 def interleaved(
@@ -82,11 +92,43 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of ``values``: ``(low, high, coverage)``.
+
+    With ``values`` sorted as x(1) <= ... <= x(n), the interval [x(k), x(n+1-k)]
+    holds the population median unless k or more values fall on one side of it,
+    so its coverage is exactly ``1 - 2 P(B <= k - 1)`` with B ~ Binomial(n, 1/2)
+    for any continuous distribution of independent values. ``k`` is the largest
+    that still gives ``coverage >= confidence``; when no ``k`` does (n < 6 for
+    95%), the interval is [min, max] and ``coverage`` says how much less it is.
+    For 20 rounds at 95% that is [x(6), x(15)] with coverage 0.959.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95).")
+    if len(values) == 0:
+        raise ValueError("median_interval of an empty sequence")
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
 def summarize(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, dict[str, float]]:
     """Median, quartiles and IQR of each variant's step times; ratios against ``baseline``.
 
     ``ratio_median`` is the median over rounds of ``variant[i] / baseline[i]``
-    (a pair measured back to back), with its quartiles.
+    (a pair measured back to back), with its quartiles and its 95%
+    :func:`median_interval` (``ratio_ci_low``, ``ratio_ci_high``,
+    ``ratio_ci_coverage``): the median ratio is "within noise" of 1 when
+    that interval holds 1.
     """
     if baseline not in times:
         raise ValueError(f"baseline={baseline!r} is not one of the variants {sorted(times)}.")
@@ -97,6 +139,7 @@ def summarize(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, 
             raise ValueError(f"{name} has {len(values)} rounds, {baseline} has {len(base)}.")
         ratios = [v / b for v, b in zip(values, base, strict=True)]
         q25, q75 = quantile(values, 0.25), quantile(values, 0.75)
+        low, high, coverage = median_interval(ratios)
         out[name] = {
             "median_s": statistics.median(values),
             "q25_s": q25,
@@ -105,6 +148,9 @@ def summarize(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, 
             "ratio_median": statistics.median(ratios),
             "ratio_q25": quantile(ratios, 0.25),
             "ratio_q75": quantile(ratios, 0.75),
+            "ratio_ci_low": low,
+            "ratio_ci_high": high,
+            "ratio_ci_coverage": coverage,
             "rounds": len(values),
         }
     return out

@@ -60,6 +60,106 @@ def test_summary_statistics_match_numpy():
     assert s["other"]["ratio_median"] != pytest.approx(np.median(other) / np.median(base))
 
 
+def test_median_interval_uses_the_binomial_order_statistics():
+    # Hand-computed: P(Binomial(20, 1/2) <= 5) = (1 + 20 + 190 + 1140 + 4845 + 15504) / 2**20,
+    # so [x(6), x(15)] is the narrowest interval with coverage >= 95%; x(7)..x(14) has 88.5%.
+    values = list(np.random.default_rng(1).permutation(np.arange(1.0, 21.0)))
+    assert timing.median_interval(values) == pytest.approx((6.0, 15.0, 1 - 2 * 21700 / 2**20))
+    # n = 10: P(B <= 1) = 11/1024 gives [x(2), x(9)]; P(B <= 2) = 56/1024 is too much.
+    assert timing.median_interval(list(range(10, 0, -1))) == pytest.approx((2, 9, 1 - 22 / 1024))
+    # n = 5 cannot reach 95%: the whole range, with its coverage 1 - 2/32.
+    assert timing.median_interval([5.0, 1.0, 3.0, 2.0, 4.0]) == (1.0, 5.0, 0.9375)
+    # At 50%: P(B <= 7) = 0.132 keeps [x(8), x(13)]; P(B <= 8) = 0.252 would leave 49.7%.
+    assert timing.median_interval(list(range(20)), confidence=0.5)[:2] == (7, 12)
+
+
+def test_median_interval_covers_the_median_as_often_as_it_says():
+    # Independent check by simulation: skewed data whose median is known (ln 2).
+    rng = np.random.default_rng(0)
+    draws = rng.exponential(1.0, (4000, 20))
+    held = [low <= np.log(2) <= high for low, high, _ in map(timing.median_interval, draws)]
+    coverage = timing.median_interval(draws[0])[2]
+    assert np.mean(held) == pytest.approx(coverage, abs=0.012)  # about 4 standard errors
+
+
+def test_summary_interval_is_the_sorted_ratios_sixth_and_fifteenth():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(1.0, 2.0, 20)
+    other = base * rng.uniform(0.9, 1.3, 20)
+    s = timing.summarize({"base": list(base), "other": list(other)}, baseline="base")["other"]
+    ordered = np.sort(other / base)
+    assert (s["ratio_ci_low"], s["ratio_ci_high"]) == pytest.approx((ordered[5], ordered[14]))
+    assert s["ratio_ci_low"] <= s["ratio_median"] <= s["ratio_ci_high"]
+
+
+def test_verdict_reads_the_control_and_the_interval():
+    base = [10.0, 11.0, 12.0, 13.0, 14.0]
+    result = {
+        "machine": {"device": "cpu"},
+        "configs": {
+            "m": {
+                "variants": {"adamw": {"flops": 2.0}, "dsgd": {"flops": 2.0}, "adamw-copy": {}},
+                "times_s": {
+                    "adamw": base,
+                    # ratios 1.05, 1.04, 1.03, 1.06, 1.07: all above 1
+                    "dsgd": [10.5, 11.44, 12.36, 13.78, 14.98],
+                    # ratios 0.99, 1.02, 1.0, 1.01, 0.98
+                    "adamw-copy": [9.9, 11.22, 12.0, 13.13, 13.72],
+                },
+            }
+        },
+    }
+    text = overhead.verdict(result)
+    assert "DSGD/AdamW 1.050 (misses the CPU target 1.02;" in text
+    assert "[1.030, 1.070], excludes 1" in text
+    assert "XLA flops DSGD/AdamW 1.0000" in text
+    assert "the control, AdamW compiled twice, reads 1.000 (" in text
+    assert "[0.980, 1.020], holds 1" in text
+
+
+HLO = """HloModule jit_step, is_scheduled=true
+
+%fused_computation (param_0.2: f32[4,3]) -> f32[] {
+  %param_0.2 = f32[4,3]{1,0} parameter(0)
+  ROOT %reduce.0 = f32[] reduce(%param_0.2, %c), dimensions={0,1}, to_apply=%add
+}
+
+ENTRY %main.2 (x.1: f32[4,3], y.1: f32[3,2]) -> (f32[], f32[4,2]) {
+  %x.1 = f32[4,3]{1,0} parameter(0), metadata={op_name="x"}
+  %y.1 = f32[3,2]{1,0} parameter(1), metadata={op_name="y"}
+  %fusion.1 = f32[] fusion(%x.1), kind=kLoop, calls=%fused_computation
+  %fusion.2 = f32[] fusion(%y.1), kind=kLoop, calls=%fused_computation
+  %dot.1 = f32[4,2]{1,0} dot(%x.1, %y.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %tuple.1 = (f32[], f32[4,2]{1,0}, /*index=2*/s32[]) tuple(%fusion.1, %dot.1, %c)
+}
+"""
+
+
+def test_hlo_entry_ops_counts_the_entry_computation_only():
+    ops = overhead.hlo_entry_ops(HLO)
+    # By hand: the fused computation's parameter and reduce are not counted.
+    assert ops == {
+        "parameter f32[4,3]": 1,
+        "parameter f32[3,2]": 1,
+        "fusion f32[]": 2,
+        "dot f32[4,2]": 1,
+        "tuple tuple/3": 1,
+    }
+    other = overhead.hlo_entry_ops(HLO.replace("%fusion.2 = f32[] fusion", "%f = s32[8] copy"))
+    assert overhead.hlo_difference(ops, other) == {"copy s32[8]": 1, "fusion f32[]": -1}
+    assert overhead.hlo_difference(ops, ops) == {}
+    with pytest.raises(ValueError, match="no ENTRY"):
+        overhead.hlo_entry_ops("HloModule m")
+
+
+def test_the_control_compiles_to_the_same_program_as_adamw():
+    spec = overhead.CONFIGS["bert-tiny"]
+    adamw, copy = (overhead.prepare(spec, v) for v in ("adamw", overhead.CONTROL))
+    assert sum(adamw.hlo_ops.values()) > 100
+    assert overhead.hlo_difference(adamw.hlo_ops, copy.hlo_ops) == {}
+    assert copy.flops == adamw.flops
+
+
 def test_timing_errors():
     with pytest.raises(ValueError, match="steps=0"):
         timing.interleaved({"a": lambda: None}, steps=0)
@@ -67,6 +167,10 @@ def test_timing_errors():
         timing.interleaved({}, steps=1)
     with pytest.raises(ValueError, match="baseline='x'"):
         timing.summarize({"a": [1.0]}, baseline="x")
+    with pytest.raises(ValueError, match=r"confidence=1\.5"):
+        timing.median_interval([1.0], confidence=1.5)
+    with pytest.raises(ValueError, match="empty"):
+        timing.median_interval([])
     with pytest.raises(ValueError, match="b has 1 rounds"):
         timing.summarize({"a": [1.0, 2.0], "b": [1.0]}, baseline="a")
 
@@ -76,6 +180,8 @@ def test_benchmark_errors():
         overhead.run_benchmark(["bert-huge"])
     with pytest.raises(ValueError, match="include 'adamw'"):
         overhead.run_benchmark(["bert-tiny"], variants=["dsgd"])
+    with pytest.raises(ValueError, match="at most once"):
+        overhead.run_benchmark(["bert-tiny"], variants=["adamw", "adamw"])
     with pytest.raises(ValueError, match="variant='sgd'"):
         overhead.prepare(overhead.CONFIGS["bert-tiny"], "sgd")
     script = _script()
@@ -83,6 +189,12 @@ def test_benchmark_errors():
         script.parse_args(["--configs=bert-huge"])
     with pytest.raises(SystemExit):
         script.parse_args(["--steps=-1"])
+    for bad in ("dsgd", "adamw,sgd", "adamw,dsgd,dsgd"):
+        with pytest.raises(SystemExit):
+            script.parse_args([f"--variants={bad}"])
+    args = script.parse_args(["--variants=adamw,adamw-copy,dsgd"])
+    assert args.variants == ["adamw", "adamw-copy", "dsgd"]
+    assert script.parse_args([]).variants == list(overhead.VARIANTS)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +216,7 @@ def test_quick_run_writes_the_files(quick):
             times = entry["times_s"][name]
             assert s["median_s"] == pytest.approx(np.median(times))
             assert s["compile_s"] > 0 and s["memory"]["argument"] > 0
+            assert s["ratio_ci_low"] <= s["ratio_median"] <= s["ratio_ci_high"]
         assert entry["variants"]["adamw"]["ratio_median"] == 1.0
         assert entry["peak_rss_bytes"] > 0
     table = (quick / "table.md").read_text().splitlines()
@@ -120,3 +233,14 @@ def test_dsgd_adds_no_model_work_and_pcgrad_a_backward_pass(quick):
         assert flops["dsgd"] / flops["adamw"] == pytest.approx(1.0, abs=0.01)
         assert flops["pcgrad"] / flops["adamw"] > 1.3
         assert flops["dsgd+diagnostics"] / flops["adamw"] > 1.5
+        # The instructions DSGD's compiled program has that AdamW's lacks (or the
+        # reverse) are on scalars, on [batch] or [batch, classes] arrays, or the
+        # output tuple (DSGD returns lambda and the fraction correct too).
+        spec = entry["spec"]
+        small = {"[]", f"[{spec['batch_size']}]", f"[{spec['batch_size']},{spec['num_classes']}]"}
+        diff = entry["variants"]["dsgd"]["hlo_diff_vs_adamw"]
+        assert diff, "the two programs should differ at least in their outputs"
+        for kind in diff:
+            shape = kind.split(" ", 1)[1]
+            assert shape.startswith("tuple/") or shape[shape.index("[") :] in small, kind
+        assert entry["variants"]["pcgrad"]["hlo_kinds_differing"] > 5
