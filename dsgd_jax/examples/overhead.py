@@ -395,11 +395,15 @@ def verdict(result: dict[str, Any]) -> str:
             )
             if v[BASELINE].get("flops"):
                 parts.append(f"XLA flops DSGD/AdamW {d['flops'] / v[BASELINE]['flops']:.4f}")
+            if d.get("hlo_diff_vs_adamw") is not None:
+                parts.append(_hlo_sentence("DSGD's", d["hlo_diff_vs_adamw"]))
         if CONTROL in v:
             parts.append(
                 f"the control, AdamW compiled twice, reads {ratios[CONTROL]['ratio_median']:.3f} "
                 f"({_interval(ratios[CONTROL])})"
             )
+            if v[CONTROL].get("hlo_diff_vs_adamw") is not None:
+                parts.append(_hlo_sentence("the control's", v[CONTROL]["hlo_diff_vs_adamw"]))
         if "pcgrad" in v and "dsgd" in v:
             per_pair = timing.summarize(entry["times_s"], "dsgd")["pcgrad"]["ratio_median"]
             parts.append(
@@ -421,6 +425,17 @@ def verdict(result: dict[str, Any]) -> str:
             "the model twice (one loss and one gradient per group) would cost about 2x.",
         ]
     return "\n".join(lines)
+
+
+def _hlo_sentence(whose: str, diff: dict[str, int]) -> str:
+    if not diff:
+        return f"{whose} optimized program has the same instructions as AdamW's"
+    listed = ", ".join(f"{kind} {delta:+d}" for kind, delta in diff.items())
+    return (
+        f"{whose} optimized program differs from AdamW's in {len(diff)} instruction "
+        f"kind{'s' if len(diff) > 1 else ''} "
+        f"(opcode and shape, count against AdamW's: {listed})"
+    )
 
 
 def _interval(summary: dict[str, float]) -> str:

@@ -98,7 +98,11 @@ def test_verdict_reads_the_control_and_the_interval():
         "machine": {"device": "cpu"},
         "configs": {
             "m": {
-                "variants": {"adamw": {"flops": 2.0}, "dsgd": {"flops": 2.0}, "adamw-copy": {}},
+                "variants": {
+                    "adamw": {"flops": 2.0},
+                    "dsgd": {"flops": 2.0, "hlo_diff_vs_adamw": {"fusion f32[8]": 2}},
+                    "adamw-copy": {"hlo_diff_vs_adamw": {}},
+                },
                 "times_s": {
                     "adamw": base,
                     # ratios 1.05, 1.04, 1.03, 1.06, 1.07: all above 1
@@ -115,6 +119,9 @@ def test_verdict_reads_the_control_and_the_interval():
     assert "XLA flops DSGD/AdamW 1.0000" in text
     assert "the control, AdamW compiled twice, reads 1.000 (" in text
     assert "[0.980, 1.020], holds 1" in text
+    assert "differs from AdamW's in 1 instruction kind (opcode and shape, count against " in text
+    assert "AdamW's: fusion f32[8] +2)" in text
+    assert "the control's optimized program has the same instructions as AdamW's" in text
 
 
 HLO = """HloModule jit_step, is_scheduled=true
