@@ -210,19 +210,44 @@ def test_readme_performance_results_come_from_the_committed_files():
             assert len(entry["times_s"]["adamw"]) == result["steps"]
 
 
-def test_readme_names_the_config_that_misses_the_cpu_target():
+def test_readme_explains_the_bert_base_runs_from_the_committed_files():
     from dsgd_jax.examples import overhead
 
-    path = ROOT / "benchmarks/results/step_overhead/full-cpu-bert-base/results.json"
-    variants = json.loads(path.read_text())["configs"]["bert-base"]["variants"]
-    ratio = variants["dsgd"]["ratio_median"]
-    assert f"On bert-base this CPU measured DSGD at {ratio:.3f} times AdamW's step time" in README
-    target = overhead.TARGETS["cpu"]
-    assert ratio > target and variants["dsgd"]["flops"] == variants["adamw"]["flops"]
-    assert (
-        f"above\nthe {target} target, although XLA counts the same flops for both compiled steps"
-        in README
+    folder = ROOT / "benchmarks/results/step_overhead"
+    first, second = (
+        json.loads((folder / name / "results.json").read_text())["configs"]["bert-base"]
+        for name in ("full-cpu-bert-base", "full-cpu-bert-base-control")
     )
+    target = overhead.TARGETS["cpu"]
+    v1, v2 = first["variants"], second["variants"]
+    assert v1["dsgd"]["ratio_median"] > target >= v2["dsgd"]["ratio_median"]
+    assert v1["dsgd"]["flops"] == v1["adamw"]["flops"]
+    text = " ".join(README.split())
+    assert (
+        f"On bert-base this CPU first measured DSGD at {v1['dsgd']['ratio_median']:.3f} times "
+        f"AdamW's step time, above the {target} target, although XLA counts the same flops"
+    ) in text
+    assert (
+        f"measured DSGD at {v2['dsgd']['ratio_median']:.3f}, and the AdamW step compiled a "
+        f"second time, the same program instruction for instruction, at "
+        f"{v2['adamw-copy']['ratio_median']:.3f} against the first"
+    ) in text
+    # The control is the same program; DSGD's differs only in small instructions.
+    assert v2["adamw-copy"]["hlo_diff_vs_adamw"] == {}
+    batch = second["spec"]["batch_size"]
+    for kind in v2["dsgd"]["hlo_diff_vs_adamw"]:
+        shape = kind.split(" ", 1)[1]
+        assert shape.startswith("tuple/") or shape.endswith(("[]", f"[{batch}]")), kind
+    medians = f"from {v1['adamw']['median_s']:.2f} s to {v2['adamw']['median_s']:.2f} s"
+    assert f"AdamW's median went {medians} between the two runs" in text
+    others = [
+        entry["variants"]["dsgd"]["ratio_median"]
+        for path in overhead.results_files(ROOT)
+        if path.parent.name != "full-cpu-bert-base"
+        for entry in json.loads(path.read_text())["configs"].values()
+    ]
+    assert others and max(others) <= target
+    assert "Every other measured config meets the target." in text
 
 
 def test_readme_probe_numbers_come_from_the_committed_files():
