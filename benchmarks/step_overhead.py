@@ -39,8 +39,7 @@ def parse_args(argv):
     parser.add_argument(
         "--variants",
         default=",".join(overhead.VARIANTS),
-        help=f"comma-separated, from {', '.join((*overhead.VARIANTS, overhead.CONTROL))}; "
-        "must include adamw",
+        help=f"comma-separated, from {', '.join(overhead.KNOWN_VARIANTS)}; must include adamw",
     )
     parser.add_argument("--steps", type=int, default=0, help="timed rounds (default 20; quick 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
@@ -53,13 +52,10 @@ def parse_args(argv):
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}")
     args.variants = args.variants.split(",")
-    known = (*overhead.VARIANTS, overhead.CONTROL)
-    bad = [v for v in args.variants if v not in known]
-    if bad or "adamw" not in args.variants or len(set(args.variants)) != len(args.variants):
-        parser.error(
-            f"--variants={','.join(args.variants)}: name each of {', '.join(known)} at most "
-            "once, and include adamw (the baseline)"
-        )
+    try:
+        overhead.check_variants(args.variants)
+    except ValueError as e:
+        parser.error(f"--variants: {e}")
     args.steps = args.steps or (5 if args.quick else 20)
     if args.steps < 1:
         parser.error(f"--steps={args.steps}: give at least 1 timed round (20 for real figures)")

@@ -47,10 +47,12 @@ __all__ = [
     "CONFIGS",
     "CONTROL",
     "FULL",
+    "KNOWN_VARIANTS",
     "QUICK",
     "VARIANTS",
     "ModelSpec",
     "Prepared",
+    "check_variants",
     "markdown_table",
     "plot_ratios",
     "prepare",
@@ -64,6 +66,7 @@ __all__ = [
 VARIANTS = ("adamw", "dsgd", "dsgd+diagnostics", "pcgrad")
 BASELINE = "adamw"
 CONTROL = "adamw-copy"  # the same program as BASELINE, compiled again: an A/A control
+KNOWN_VARIANTS = (*VARIANTS, CONTROL)
 HLO_DIFF_LIMIT = 40  # instruction kinds listed against AdamW's program; longer lists only counted
 
 
@@ -152,7 +155,7 @@ def _variant_step(variant: str, total_updates: int) -> Callable[..., Any]:
             return {**steps.train(model, optimizer, *batch), **conflict}
 
         return with_diagnostics
-    raise ValueError(f"variant={variant!r} is not one of {(*VARIANTS, CONTROL)}.")
+    raise ValueError(f"variant={variant!r} is not one of {KNOWN_VARIANTS}.")
 
 
 @dataclasses.dataclass
@@ -242,6 +245,16 @@ def _device_peak() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
+def check_variants(variants: Sequence[str]) -> None:
+    """ValueError unless ``variants`` names known variants, each once, ``adamw`` among them."""
+    bad = [v for v in variants if v not in KNOWN_VARIANTS]
+    if bad or BASELINE not in variants or len(set(variants)) != len(variants):
+        raise ValueError(
+            f"variants={list(variants)}: name each of {KNOWN_VARIANTS} at most once "
+            f"and include {BASELINE!r}."
+        )
+
+
 def run_benchmark(
     configs: Sequence[str],
     *,
@@ -257,12 +270,7 @@ def run_benchmark(
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown configs {unknown}; choose from {sorted(CONFIGS)}.")
-    bad = [v for v in variants if v not in (*VARIANTS, CONTROL)]
-    if bad or BASELINE not in variants or len(set(variants)) != len(variants):
-        raise ValueError(
-            f"variants={list(variants)}: name each of {(*VARIANTS, CONTROL)} at most once "
-            f"and include {BASELINE!r}."
-        )
+    check_variants(variants)
     results = {}
     for name in configs:
         spec = CONFIGS[name]
@@ -329,7 +337,7 @@ def plot_ratios(results: dict[str, Any], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    variants = [v for v in (*VARIANTS, CONTROL) if any(v in results[n]["variants"] for n in names)]
+    variants = [v for v in KNOWN_VARIANTS if any(v in results[n]["variants"] for n in names)]
     width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.6))
     for i, variant in enumerate(variants):
