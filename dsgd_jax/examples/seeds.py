@@ -38,7 +38,7 @@ from dsgd_jax.examples.train import (
     make_steps,
     progress_bar,
     start_log,
-    test_predictions,
+    test_outputs,
     write_summary,
 )
 
@@ -197,8 +197,10 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
 
 
 def _evaluate(predict, state, data, configs) -> list[dict[str, Any]]:
-    predictions = test_predictions(lambda x: predict(state, x), data, configs[0])
-    return [evaluation(predictions[s], data, c) for s, c in enumerate(configs)]
+    outputs = test_outputs(lambda x: predict(state, x), data, configs[0])
+    return [
+        evaluation({k: v[s] for k, v in outputs.items()}, data, c) for s, c in enumerate(configs)
+    ]
 
 
 def _order(seed: int, epoch: int, n: int) -> np.ndarray:

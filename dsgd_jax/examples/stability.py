@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from dsgd_jax.examples import readme_blocks
-from dsgd_jax.examples.train import _RESUME_FREE, METHODS, TrainConfig, train_and_evaluate
+from dsgd_jax.examples.train import (
+    _RESUME_FREE,
+    METHODS,
+    TrainConfig,
+    config_changes,
+    train_and_evaluate,
+)
 
 __all__ = [
     "PAPER_SEEDS",
@@ -57,7 +63,7 @@ SHORTHANDS = {
     ),
 }
 
-# The runs whose gradient conflict is traced on --trace_seed.
+# The methods whose runs trace the gradient conflict (every seed, or --trace_seeds).
 TRACED = ("fft", "dsgd")
 _FREE = (*_RESUME_FREE, "conflict_every")
 
@@ -146,10 +152,6 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _FREE}
-
-
 def run_state(config: TrainConfig, workdir: Path) -> tuple[str, int | None]:
     """``("done", None)``, ``("resume", epoch)`` or ``("new", None)`` for one run's workdir.
 
@@ -158,14 +160,11 @@ def run_state(config: TrainConfig, workdir: Path) -> tuple[str, int | None]:
     summary = workdir / "summary.json"
     saved_config = workdir / "config.json"
     if saved_config.exists():
-        saved = json.loads(saved_config.read_text())
-        if _comparable(saved) != _comparable(config.to_dict()):
-            changed = sorted(
-                k for k in _comparable(config.to_dict()) if saved.get(k) != getattr(config, k)
-            )
+        changed = config_changes(json.loads(saved_config.read_text()), config, _FREE)
+        if changed:
             raise ValueError(
-                f"{workdir} holds a run with other settings ({', '.join(changed)}); pass "
-                "another --runs_dir, or delete that folder to redo it."
+                f"{workdir} holds a run with other settings ({', '.join(sorted(changed))}); "
+                "pass another --runs_dir, or delete that folder to redo it."
             )
     if summary.exists() and json.loads(summary.read_text()).get("finished"):
         return "done", None
@@ -175,11 +174,20 @@ def run_state(config: TrainConfig, workdir: Path) -> tuple[str, int | None]:
 
 
 def run_config(
-    config: TrainConfig, spec: MethodSpec, seed: int, trace_seed: int | None, conflict_every: int
+    config: TrainConfig,
+    spec: MethodSpec,
+    seed: int,
+    conflict_every: int = 0,
+    trace_seeds: Collection[int] | None = None,
 ) -> TrainConfig:
-    """The settings of one (method, seed) run of the protocol."""
+    """The settings of one (method, seed) run of the protocol.
+
+    FFT and DSGD runs log the gradient conflict every ``conflict_every`` steps (0 =
+    never) on every seed, or only on ``trace_seeds`` where given.
+    """
     run = dataclasses.replace(spec.apply(config), seed=seed, progress=False)
-    if seed == trace_seed and spec.label in TRACED and conflict_every:
+    traced = trace_seeds is None or seed in trace_seeds
+    if traced and spec.label in TRACED and conflict_every:
         run = dataclasses.replace(run, conflict_every=conflict_every)
     run.validate()
     return run
@@ -191,8 +199,8 @@ def previous_runs(
     methods: Sequence[MethodSpec],
     seeds: Sequence[int],
     *,
-    trace_seed: int | None = None,
     conflict_every: int = 0,
+    trace_seeds: Collection[int] | None = None,
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """The runs of an earlier ``results.json`` that this protocol would train again.
 
@@ -205,16 +213,18 @@ def previous_runs(
     from dsgd_jax.examples.stability_report import load_results
 
     wanted = {
-        (spec.label, seed): _comparable(
-            run_config(config, spec, seed, trace_seed, conflict_every).to_dict()
-        )
+        (spec.label, seed): run_config(config, spec, seed, conflict_every, trace_seeds)
         for spec in methods
         for seed in seeds
     }
     found = {}
     for run in load_results(path)["runs"]:
         key = (run["label"], run["seed"])
-        if key in wanted and run.get("finished") and _comparable(run["config"]) == wanted[key]:
+        if (
+            key in wanted
+            and run.get("finished")
+            and not config_changes(run["config"], wanted[key], _FREE)
+        ):
             found[key] = run
     return found
 
@@ -225,8 +235,8 @@ def run_protocol(
     seeds: Sequence[int],
     runs_dir: str | Path,
     *,
-    trace_seed: int | None = None,
     conflict_every: int = 0,
+    trace_seeds: Collection[int] | None = None,
     vmap_seeds: bool = False,
     progress: bool = True,
     skip: Collection[tuple[str, int]] = (),
@@ -236,8 +246,8 @@ def run_protocol(
     With ``vmap_seeds`` the unfinished seeds of a method that stand at the same
     epoch train together as one vmapped program
     (:func:`dsgd_jax.examples.seeds.train_seeds`); otherwise one after another.
-    ``trace_seed`` runs of FFT and DSGD log the gradient conflict every
-    ``conflict_every`` steps (it does not change their training). ``skip`` lists
+    FFT and DSGD runs log the gradient conflict every ``conflict_every`` steps, on
+    every seed or on ``trace_seeds`` (it does not change their training). ``skip`` lists
     ``(label, seed)`` pairs already done elsewhere (see :func:`previous_runs`).
     """
     from tqdm.auto import tqdm
@@ -247,7 +257,7 @@ def run_protocol(
     for spec in methods:
         groups: dict[Any, list[tuple[int, TrainConfig, Path]]] = {}
         for seed in seeds:
-            run = run_config(config, spec, seed, trace_seed, conflict_every)
+            run = run_config(config, spec, seed, conflict_every, trace_seeds)
             workdir = runs_dir / spec.dirname / f"seed{seed}"
             state, epoch = run_state(run, workdir)
             if state != "done" and (spec.label, seed) not in skip:
@@ -280,12 +290,26 @@ def run_protocol(
 
 def _line(label: str, summaries: list[dict[str, Any]]) -> str:
     accuracies = ", ".join(f"{s['accuracy']:.4f}" for s in summaries)
+    failed = sum(bool(s.get("failed")) for s in summaries)
     collapsed = sum(bool(s["collapsed"]) for s in summaries)
     return (
         f"{label}: seeds {[s['seed'] for s in summaries]} accuracy {accuracies}"
-        + (f" ({collapsed} collapsed)" if collapsed else "")
+        + (f" ({failed} failed, {collapsed} of them collapsed)" if failed else "")
         + f"; {summaries[-1]['wall_time_s']:.0f} s per run"
     )
+
+
+# What results.json keeps of each run's per-epoch evaluations and conflict records.
+EPOCH_KEYS = (
+    "epoch",
+    "accuracy",
+    "macro_f1",
+    "collapsed",
+    "failed",
+    "top_share",
+    "representation_cosine",
+)
+TRACE_KEYS = ("step", "cosine", "wrong_norm", "correct_norm", "total_norm", "fraction_correct")
 
 
 def collect_results(
@@ -330,14 +354,12 @@ def collect_results(
                     "machine": machine,
                     **summary,
                     "epoch_metrics": [
-                        {k: r[k] for k in ("epoch", "accuracy", "macro_f1", "collapsed")}
+                        {k: r[k] for k in EPOCH_KEYS if k in r}
                         for r in records
                         if r["kind"] == "epoch"
                     ],
                     "conflict_trace": [
-                        {k: r[k] for k in ("step", "cosine", "total_norm", "fraction_correct")}
-                        for r in records
-                        if r["kind"] == "conflict"
+                        {k: r[k] for k in TRACE_KEYS} for r in records if r["kind"] == "conflict"
                     ],
                 }
             )
@@ -393,6 +415,15 @@ def _seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds={text!r}: give a count (<= 10) or seeds like 42,52.") from None
 
 
+def _trace_seeds(text: str) -> list[int] | None:
+    if text.strip() == "all":
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--trace_seeds={text!r}: give all, or seeds like 42,52.") from None
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python benchmarks/stability.py``: run the protocol, then write results and report."""
     import argparse
@@ -412,7 +443,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="folder for results and plots")
     parser.add_argument("--runs_dir", type=Path, help="per-run workdirs; default runs/stability/")
     parser.add_argument(
-        "--trace_seed", type=int, default=42, help="seed whose FFT and DSGD runs log cos(g_W, g_C)"
+        "--trace_seeds",
+        default="all",
+        help="seeds whose FFT and DSGD runs log cos(g_W, g_C): all, or a list like 42,52",
     )
     parser.add_argument(
         "--conflict_every", type=int, default=10, help="their conflict every N steps; 0 = never"
@@ -428,7 +461,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if args.conflict_every < 0:
             raise ValueError("--conflict_every must be >= 0.")
         runs_dir = args.runs_dir or Path("runs/stability") / args.out.name
-        trace = {"trace_seed": args.trace_seed, "conflict_every": args.conflict_every}
+        trace = {
+            "conflict_every": args.conflict_every,
+            "trace_seeds": _trace_seeds(args.trace_seeds),
+        }
         previous = previous_runs(args.out / "results.json", config, methods, seeds, **trace)
         if not args.report_only:
             run_protocol(

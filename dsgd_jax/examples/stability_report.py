@@ -104,6 +104,57 @@ def missed_classes(predictions: Sequence[int], labels: Sequence[int]) -> list[in
     return sorted(int(c) for c in set(labels.tolist()) - hit)
 
 
+def escape_epoch(run: Mapping[str, Any], labels: Sequence[int]) -> int | None:
+    """The first epoch whose evaluation beats the majority-class rate of ``labels``.
+
+    That is the first epoch at which the run is no longer *failed* (see
+    :func:`~dsgd_jax.examples.metrics.failure_flags`): its accuracy, times the
+    number of test labels, exceeds the count of the most frequent label. None if no
+    evaluated epoch does (or the run has no per-epoch evaluations).
+
+    Examples:
+      >>> run = {"epoch_metrics": [{"epoch": 1, "accuracy": 0.75},
+      ...                          {"epoch": 2, "accuracy": 0.75},
+      ...                          {"epoch": 3, "accuracy": 1.0}]}
+      >>> escape_epoch(run, [0, 0, 0, 1])
+      3
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return None
+    majority = int(np.unique(labels, return_counts=True)[1].max())
+    for record in sorted(run.get("epoch_metrics") or [], key=lambda r: r["epoch"]):
+        if round(float(record["accuracy"]) * labels.size) > majority:
+            return int(record["epoch"])
+    return None
+
+
+def run_failures(
+    run: Mapping[str, Any], labels: Sequence[int], *, one_class_share: float = 0.95
+) -> dict[str, Any]:
+    """One run's failure flags from its saved test predictions, and its escape epoch.
+
+    The flags are :func:`~dsgd_jax.examples.metrics.failure_flags`' (``collapsed``:
+    one class for every input; ``failed``: at or below the majority-class rate;
+    ``mostly_one_class``: one class takes ``one_class_share`` of the predictions),
+    recomputed from ``run["predictions"]`` whatever flags the run saved, so results
+    written under older definitions count the same way. ``escape_epoch`` is
+    :func:`escape_epoch`'s.
+
+    Raises:
+      ValueError: If the run has no predictions, or not one per test label.
+    """
+    from dsgd_jax.examples.metrics import failure_flags
+
+    predictions = run.get("predictions")
+    if not predictions:
+        raise ValueError(f"run {run.get('label')!r} seed {run.get('seed')} has no predictions.")
+    flags = failure_flags(
+        np.asarray(labels), np.asarray(predictions), one_class_share=one_class_share
+    )
+    return {**flags, "escape_epoch": escape_epoch(run, labels)}
+
+
 def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per method label, the statistics over its seeds.
 
@@ -465,8 +516,8 @@ def plot_conflict_trace(results: Mapping[str, Any], path: str | Path) -> Path:
     traced = [r for r in results["runs"] if r.get("conflict_trace")]
     if not traced:
         raise ValueError(
-            "The results have no conflict traces; run with --trace_seed to trace the "
-            "gradient conflict of one seed."
+            "The results have no conflict traces; run with --conflict_every=N to trace the "
+            "gradient conflict of the FFT and DSGD runs."
         )
     fig = _figure(figsize=(7.0, 7.0))
     axes = fig.subplots(3, 1, sharex=True)

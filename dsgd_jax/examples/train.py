@@ -5,8 +5,9 @@ Each example subclasses :class:`TrainConfig` and fills in two methods,
 ``build_model(data, rngs)`` (an NNX module mapping a dict of input arrays to
 logits, with dropout on when called with ``rngs``). Everything else is shared:
 
-- AdamW with linear warm-up and linear decay (weight decay on matrices only),
-  optional global-norm clipping and gradient accumulation via
+- AdamW (or, with ``optimizer="bertadam"``, BERT's original AdamW without bias
+  correction) with linear warm-up and linear decay (weight decay on matrices
+  only), optional global-norm clipping and gradient accumulation via
   ``optax.MultiSteps``;
 - ``method="fft"`` (plain fine-tuning: every example weighs 1) or
   ``method="dsgd"`` (correct examples weigh lambda(t), read off the optimizer's
@@ -38,16 +39,17 @@ import optax
 from flax import nnx
 
 import dsgd_jax
-from dsgd_jax.examples import baselines, distributed
+from dsgd_jax.examples import baselines, distributed, optimizers
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData, batches
-from dsgd_jax.examples.metrics import MetricsLog, classification_metrics
+from dsgd_jax.examples.metrics import MetricsLog, classification_metrics, mean_pairwise_cosine
 from dsgd_jax.examples.nn import num_params
 
 __all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
 
 METHODS = ("fft", "dsgd", "focal", "pcgrad", "noisytune", "lnsr", "swa", "lora")
 SCALERS = ("linear", "cosine", "descending", "constant")
+OPTIMIZERS = ("adamw", "bertadam")
 
 # Settings a run may change when it resumes: how it is shown, launched and spread
 # over devices (checkpoints hold replicated state, so any mesh can resume them).
@@ -86,7 +88,13 @@ class TrainConfig:
     )
     scaler: str = config_field("linear", "lambda(t) schedule for dsgd", choices=SCALERS)
     beta: float = config_field(1.0, "final lambda (the constant for scaler=constant)")
-    learning_rate: float = config_field(5e-5, "peak AdamW learning rate")
+    optimizer: str = config_field(
+        "adamw",
+        "adamw (optax.adamw, bias-corrected) or bertadam (BERT's original AdamW without bias "
+        "correction, eps 1e-6)",
+        choices=OPTIMIZERS,
+    )
+    learning_rate: float = config_field(5e-5, "peak learning rate")
     weight_decay: float = config_field(0.01, "AdamW weight decay (matrices only)")
     warmup_ratio: float = config_field(0.1, "share of optimizer updates spent warming up")
     max_grad_norm: float = config_field(1.0, "global-norm clipping; 0 turns it off")
@@ -97,8 +105,8 @@ class TrainConfig:
     seed: int = config_field(42, "seeds the head's init, dropout and the data order")
     log_every: int = config_field(10, "steps between metric records and bar updates")
     conflict_every: int = config_field(0, "log cos(g_W, g_C) every N steps; 0 = never")
-    collapse_threshold: float = config_field(
-        0.95, "share of predictions in one class that counts as collapse"
+    one_class_share: float = config_field(
+        0.95, "share of predictions in one class that flags a run as mostly one class"
     )
     save_checkpoints: bool = config_field(True, "save an orbax checkpoint after every epoch")
     resume: bool = config_field(False, "continue from the last checkpoint in the workdir")
@@ -166,10 +174,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("weight_decay and max_grad_norm must be >= 0.")
-        if not 0 < self.collapse_threshold <= 1:
-            raise ValueError(
-                f"collapse_threshold must be in (0, 1], got {self.collapse_threshold}."
-            )
+        if not 0 < self.one_class_share <= 1:
+            raise ValueError(f"one_class_share must be in (0, 1], got {self.one_class_share}.")
         if self.method == "dsgd":
             self.make_scaler(1)  # beta checks live in the core scalers
         if self.focal_gamma < 0 or not 0 <= self.focal_alpha <= 1:
@@ -210,7 +216,8 @@ class TrainConfig:
 
 
 def make_optimizer(config: TrainConfig, total_updates: int) -> optax.GradientTransformation:
-    """AdamW with warm-up and linear decay, clipping and accumulation as configured."""
+    """AdamW (or BERTAdam) with warm-up and linear decay, clipping and accumulation as
+    configured; ``warmup_ratio=0`` starts at the peak rate."""
     warmup = round(config.warmup_ratio * total_updates)
     lr = optax.join_schedules(
         [
@@ -219,7 +226,8 @@ def make_optimizer(config: TrainConfig, total_updates: int) -> optax.GradientTra
         ],
         boundaries=[warmup],
     )
-    adamw = optax.adamw(
+    make = {"adamw": optax.adamw, "bertadam": optimizers.bert_adam}[config.optimizer]
+    adamw = make(
         lr,
         weight_decay=config.weight_decay,
         mask=lambda params: jax.tree.map(lambda p: jnp.ndim(p) > 1, params),
@@ -298,8 +306,9 @@ def make_steps(config: TrainConfig, total_updates: int, wrt=nnx.Param) -> Steps:
     ``train(model, optimizer, inputs, labels, valid, key)`` updates in place and
     returns loss, lambda and fraction correct; ``conflict`` measures
     :func:`dsgd_jax.gradient_conflict` without updating; ``predict(model,
-    optimizer, inputs)`` gives argmax predictions (with the SWA average for
-    ``method="swa"`` once it holds a snapshot). Wrap them in ``nnx.jit``, or
+    optimizer, inputs)`` gives ``{"predictions": argmax, "features": [B, H]}``
+    (the features only for models with ``features()`` and ``classify()``; with
+    the SWA average for ``method="swa"`` once it holds a snapshot). Wrap them in ``nnx.jit``, or
     split the model for ``jax.vmap`` over seeds.
     """
     scale_fn = config.make_scaler(total_updates)
@@ -359,27 +368,51 @@ def make_steps(config: TrainConfig, total_updates: int, wrt=nnx.Param) -> Steps:
             )
             nnx.replace_by_pure_dict(params, averaged)
             model = nnx.merge(graphdef, params, rest)
-        return jnp.argmax(model(inputs), axis=-1)
+        if not (hasattr(model, "features") and hasattr(model, "classify")):
+            return {"predictions": jnp.argmax(model(inputs), axis=-1)}
+        features = model.features(inputs)
+        return {
+            "predictions": jnp.argmax(model.classify(features), axis=-1),
+            "features": features.astype(jnp.float32),
+        }
 
     return Steps(train, conflict, predict)
 
 
-def test_predictions(predict: Callable[[Any], jax.Array], data: TaskData, config) -> np.ndarray:
-    """``predict(inputs)`` over the test split: [N], or [S, N] for S vmapped seeds."""
-    chunks = []
+def test_outputs(predict: Callable[[Any], dict[str, Any]], data: TaskData, config):
+    """``predict(inputs)`` over the test split, padding dropped.
+
+    ``predict`` returns ``{"predictions": [..., B]}`` and optionally ``"features":
+    [..., B, H]`` (a leading axis of S vmapped seeds or none); the result holds
+    the same keys with the B axes of every batch joined into N.
+    """
+    chunks: dict[str, list[np.ndarray]] = {}
     for inputs, _, valid in batches(data.test, config.eval_batch_size):
-        chunks.append(np.asarray(predict(inputs))[..., valid])
-    return np.concatenate(chunks, axis=-1)
+        for name, value in predict(inputs).items():
+            value = np.asarray(value)
+            axis = -1 if name == "predictions" else -2
+            chunks.setdefault(name, []).append(np.compress(valid, value, axis=axis))
+    return {
+        name: np.concatenate(parts, axis=-1 if name == "predictions" else -2)
+        for name, parts in chunks.items()
+    }
 
 
-def evaluation(predictions: np.ndarray, data: TaskData, config: TrainConfig) -> dict[str, Any]:
-    """Test metrics of one run's predictions, with the predictions themselves."""
+def evaluation(
+    outputs: dict[str, np.ndarray], data: TaskData, config: TrainConfig
+) -> dict[str, Any]:
+    """Test metrics of one run's test outputs (see :func:`test_outputs`), with the
+    predictions themselves and, where the model gives features, their
+    :func:`~dsgd_jax.examples.metrics.mean_pairwise_cosine`."""
+    predictions = outputs["predictions"]
     metrics = classification_metrics(
         data.test.labels,
         predictions,
         data.class_names,
-        collapse_threshold=config.collapse_threshold,
+        one_class_share=config.one_class_share,
     )
+    if "features" in outputs:
+        metrics["representation_cosine"] = mean_pairwise_cosine(outputs["features"])
     metrics["predictions"] = predictions.tolist()
     return metrics
 
@@ -408,15 +441,29 @@ def progress_bar(config: TrainConfig, total: int, epoch: int, show: bool = True)
     )
 
 
+def config_changes(
+    saved: dict[str, Any], config: TrainConfig, free: tuple[str, ...] = _RESUME_FREE
+) -> dict[str, tuple[Any, Any]]:
+    """The settings of ``config`` that differ from a run's saved ``config.json`` content.
+
+    Fields named in ``free`` are not compared. A field the saved run predates counts
+    as its default (fields are added with the default that keeps the old behaviour).
+    Returns ``{name: (saved value, value now)}``.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = {}
+    for name, value in config.to_dict().items():
+        before = saved.get(name, defaults[name])
+        if name not in free and before != value:
+            changed[name] = (before, value)
+    return changed
+
+
 def _check_resume_config(config: TrainConfig, workdir: Path) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
-    now = config.to_dict()
-    changed = {
-        k: (saved.get(k), v) for k, v in now.items() if k not in _RESUME_FREE and saved.get(k) != v
-    }
+    changed = config_changes(json.loads(path.read_text()), config)
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
         raise ValueError(
@@ -430,11 +477,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, An
 
     Writes to ``workdir``: ``config.json``, ``metrics.jsonl`` (per-step loss,
     lambda and fraction correct every ``log_every`` steps; per-epoch evaluation
-    with the collapse flag; gradient-conflict records if asked),
+    with the failure flags; gradient-conflict records if asked),
     ``checkpoints/`` (orbax, one per epoch) and ``summary.json``.
 
     Returns:
-      The summary: test accuracy, macro-F1, per-class recall, collapse flag,
+      The summary: test accuracy, macro-F1, per-class recall, failure flags,
+      the mean pairwise cosine of the test features,
       test predictions, wall time and the settings.
     """
     config.validate()
@@ -543,9 +591,10 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
 
     def evaluate():
         def predict(inputs):
-            return placement.gather(predict_step(model, optimizer, placement.shard(inputs)))
+            outputs = predict_step(model, optimizer, placement.shard(inputs))
+            return jax.tree.map(placement.gather, outputs)
 
-        return evaluation(test_predictions(predict, data, config), data, config)
+        return evaluation(test_outputs(predict, data, config), data, config)
 
     eval_metrics: dict[str, Any] | None = None
     epochs_done = first_epoch - 1

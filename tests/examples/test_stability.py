@@ -36,7 +36,18 @@ def test_runner_writes_results_table_and_plots_then_resumes(tmp_path, monkeypatc
         assert run["accuracy"] == pytest.approx(np.mean(np.array(run["predictions"]) == labels))
         assert run["config"]["method"] == run["label"] and run["epoch_metrics"]
         assert {"accuracy", "macro_f1", "per_class_recall", "collapsed", "wall_time_s"} <= set(run)
-        assert bool(run["conflict_trace"]) == (run["seed"] == 42)
+        # Every FFT and DSGD seed traces the conflict, with both groups' gradient norms.
+        assert [t["step"] for t in run["conflict_trace"]] == list(
+            range(2, 2 * len(run["conflict_trace"]) + 1, 2)
+        )
+        assert {"cosine", "wrong_norm", "correct_norm", "total_norm"} <= set(
+            run["conflict_trace"][0]
+        )
+        # Each epoch keeps its failure flags and the features' mean pairwise cosine.
+        for epoch in run["epoch_metrics"]:
+            assert {"collapsed", "failed", "top_share"} <= set(epoch)
+            assert -1.0 <= epoch["representation_cosine"] <= 1.0
+        assert run["representation_cosine"] == run["epoch_metrics"][-1]["representation_cosine"]
     # The table's mean and std are those of the raw per-seed accuracies (population std).
     table = (out / "table.md").read_text()
     for label in ("fft", "dsgd"):
@@ -85,6 +96,18 @@ def test_runner_resumes_an_interrupted_seed(tmp_path):
     stability.run_protocol(config, specs, [42], runs, progress=False)
     summary = json.loads((runs / "fft" / "seed42" / "summary.json").read_text())
     assert summary["finished"] and summary["epochs"] == 2
+
+
+def test_trace_seeds_limit_the_traced_runs():
+    config = BertExampleConfig(model="tiny", task="synthetic")
+    fft, focal = stability.expand_methods("fft,focal", BertExampleConfig)
+    assert stability.run_config(config, fft, 52, 5).conflict_every == 5  # every seed
+    assert stability.run_config(config, fft, 52, 5, trace_seeds=[42]).conflict_every == 0
+    assert stability.run_config(config, fft, 42, 5, trace_seeds=[42]).conflict_every == 5
+    assert stability.run_config(config, focal, 42, 5).conflict_every == 0  # FFT, DSGD only
+    assert stability._trace_seeds("all") is None and stability._trace_seeds("42,52") == [42, 52]
+    with pytest.raises(ValueError, match="--trace_seeds"):
+        stability._trace_seeds("first")
 
 
 def test_method_specs_and_errors():

@@ -300,7 +300,7 @@ def test_plot_conflict_trace(tmp_path, saved_figures):
 
 
 def test_plot_conflict_trace_without_traces(tmp_path):
-    with pytest.raises(ValueError, match=r"no conflict traces.*--trace_seed"):
+    with pytest.raises(ValueError, match=r"no conflict traces.*--conflict_every"):
         sr.plot_conflict_trace(_results(traces=False), tmp_path / "conflict.png")
     assert not (tmp_path / "conflict.png").exists()
 

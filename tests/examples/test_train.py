@@ -158,10 +158,53 @@ def test_classification_metrics_by_hand():
     # x: precision 2/4, recall 2/3 -> F1 4/7; y: precision 1/2, recall 1/2 -> 1/2; z: 0.
     assert m["macro_f1"] == pytest.approx((4 / 7 + 1 / 2 + 0) / 3)
     assert m["per_class_recall"] == pytest.approx({"x": 2 / 3, "y": 1 / 2, "z": 0.0})
-    assert m["majority_class"] == "x" and m["majority_share"] == pytest.approx(4 / 6)
-    assert not m["collapsed"]
+    assert m["top_class"] == "x" and m["top_share"] == pytest.approx(4 / 6)
+    # 3 right of 6 equals the majority rate (3 of the labels are x): failed, not collapsed.
+    assert m["majority_rate"] == pytest.approx(3 / 6)
+    assert m["failed"] and not m["collapsed"] and not m["mostly_one_class"]
     collapsed = metrics_lib.classification_metrics(labels, np.zeros(6, int), ["x", "y", "z"])
-    assert collapsed["collapsed"] and collapsed["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+    assert collapsed["collapsed"] and collapsed["failed"] and collapsed["mostly_one_class"]
+    assert collapsed["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+    better = metrics_lib.classification_metrics(labels, np.array([0, 0, 0, 1, 0, 0]), "xyz")
+    assert not better["failed"] and not better["collapsed"]  # 4 right of 6 beats 3 of 6
+
+
+@pytest.mark.parametrize(
+    ("labels", "predictions", "expected"),
+    [
+        # (collapsed, failed, mostly_one_class at 0.95)
+        ([0] * 19 + [1], [0] * 20, (True, True, True)),  # one class for every input
+        ([0] * 19 + [1], [0] * 19 + [1], (False, False, True)),  # perfect, yet 95% class 0
+        ([0] * 10 + [1] * 10, [1] * 19 + [0], (False, True, True)),  # 9 right of 20 < 10
+        ([0] * 10 + [1] * 10, [0] * 10 + [0] * 5 + [1] * 5, (False, False, False)),  # 15 > 10
+        ([0] * 6 + [1] * 4, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0], (False, True, False)),  # 0 right
+    ],
+)
+def test_failure_flags_on_hand_made_predictions(labels, predictions, expected):
+    flags = metrics_lib.failure_flags(np.array(labels), np.array(predictions))
+    assert (flags["collapsed"], flags["failed"], flags["mostly_one_class"]) == expected
+
+
+def test_failure_flags_reject_bad_shapes():
+    with pytest.raises(ValueError, match="same non-empty"):
+        metrics_lib.failure_flags(np.array([0, 1]), np.array([0]))
+    with pytest.raises(ValueError, match="one_class_share"):
+        metrics_lib.failure_flags(np.array([0]), np.array([0]), one_class_share=0)
+
+
+def test_mean_pairwise_cosine_against_every_pair():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5))
+    x[3] = 0.0  # a zero row counts as orthogonal to the others
+    pairs = [
+        0.0 if i == 3 or j == 3 else x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
+        for i in range(7)
+        for j in range(7)
+        if i != j
+    ]
+    assert metrics_lib.mean_pairwise_cosine(x) == pytest.approx(np.mean(pairs), abs=1e-12)
+    same = np.tile(rng.normal(size=(1, 5)), (4, 1)) * np.array([[1.0], [2.0], [3.0], [0.5]])
+    assert metrics_lib.mean_pairwise_cosine(same) == pytest.approx(1.0)
 
 
 def test_conflict_logging_does_not_change_training(tmp_path):
