@@ -62,6 +62,19 @@ def _recall(recall: dict[str, float]) -> str:
     return f"lowest {recall[worst]:.3f} ({worst}), mean {sum(recall.values()) / len(recall):.3f}"
 
 
+def failure(summary: dict) -> str:
+    """How the run ended (failed, collapsed or no), from its saved confusion matrix."""
+    import numpy as np
+
+    from dsgd_jax.examples.metrics import failure_flags
+
+    confusion = np.asarray(summary["confusion"])
+    pairs = [(t, p) for t, row in enumerate(confusion) for p, n in enumerate(row) for _ in range(n)]
+    labels, predictions = (np.array(column) for column in zip(*pairs, strict=True))
+    flags = failure_flags(labels, predictions)
+    return "collapsed" if flags["collapsed"] else "failed" if flags["failed"] else "no"
+
+
 def markdown(results: dict) -> str:
     example = results["example"]
     m = results["machine"]
@@ -70,13 +83,13 @@ def markdown(results: dict) -> str:
     classes = list(any_run["per_class_recall"])
     recall_head = " / ".join(classes) if len(classes) <= 4 else "of the classes"
     rows = [
-        f"| method | accuracy | macro-F1 | recall {recall_head} | collapsed | wall time |",
+        f"| method | accuracy | macro-F1 | recall {recall_head} | failed | wall time |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for method, s in results["runs"].items():
         rows.append(
             f"| {method.upper()} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} "
-            f"| {_recall(s['per_class_recall'])} | {'yes' if s['collapsed'] else 'no'} "
+            f"| {_recall(s['per_class_recall'])} | {failure(s)} "
             f"| {s['wall_time_s'] / 60:.1f} min |"
         )
     missed = [

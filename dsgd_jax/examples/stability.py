@@ -507,9 +507,47 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _of(s: dict[str, Any], key: str) -> str:
+    return f"{s[key]} of {s['n']}"
+
+
+def _learned(s: dict[str, Any]) -> str:
+    """``" (the others average 93.25)"``: the mean accuracy of the runs that did not fail."""
+    if s["learned_mean"] is None or s["failed"] == 0:
+        return ""
+    learned = s["n"] - s["failed"]
+    if learned == 1:
+        return f" (the one that learns scores {_pct(s['learned_mean'])})"
+    return f" (the {learned} that learn average {_pct(s['learned_mean'])})"
+
+
+def _claim_test(f: dict[str, Any], d: dict[str, Any]) -> str:
+    """Whether FFT's seeds fail in a way that can test DSGD's claim, and what DSGD does."""
+    if f["failed"] == 0:
+        return (
+            "FFT fails on no seed here, so this setting cannot test whether DSGD removes "
+            "failed seeds; it compares accuracy and spread only."
+        )
+    if f["failed"] == f["n"]:
+        return (
+            "FFT fails on every seed here, so the setting, not the seed, decides and it cannot "
+            "test whether DSGD removes seed failures; DSGD fails on "
+            f"{_of(d, 'failed')}{_learned(d)}."
+        )
+    return (
+        f"FFT is seed-unstable here: {_of(f, 'failed')} seeds fail while the rest "
+        f"learn{_learned(f)}; DSGD fails on {_of(d, 'failed')}{_learned(d)}."
+    )
+
+
 def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -> str:
-    """What the numbers of one protocol run say about DSGD, in a few plain sentences."""
-    from dsgd_jax.examples.stability_report import ensemble_accuracy, method_stats
+    """What the numbers of one protocol run say about DSGD, in a few plain sentences.
+
+    A run *failed* when its test accuracy is at or below the majority-class rate and
+    *collapsed* when it predicts one class for every input
+    (:mod:`dsgd_jax.examples.stability_report`).
+    """
+    from dsgd_jax.examples.stability_report import ensemble_stats, method_stats
 
     stats = method_stats(results)
     if base not in stats or dsgd not in stats:
@@ -523,31 +561,27 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
             f"is {abs(gap):.2f} points {'above' if gap > 0 else 'below'} FFT's "
             f"({_pct(d['accuracy_mean'])} vs {_pct(f['accuracy_mean'])})"
         )
+    labels = results["test_labels"]
+    majority = max(labels.count(c) for c in set(labels)) / len(labels) if labels else 0.0
     lines = [
         f"DSGD's mean accuracy {compared}, with a standard deviation over seeds of "
-        f"{_pct(d['accuracy_std'])} vs {_pct(f['accuracy_std'])} and {d['collapsed']} vs "
-        f"{f['collapsed']} collapsed runs of {d['n']} and {f['n']}."
+        f"{_pct(d['accuracy_std'])} vs {_pct(f['accuracy_std'])}.",
+        f"Failed runs (accuracy at or below the majority-class rate, {_pct(majority)}): DSGD "
+        f"{_of(d, 'failed')}, FFT {_of(f, 'failed')}; collapsed onto one class: DSGD "
+        f"{d['collapsed']}, FFT {f['collapsed']}.",
+        _claim_test(f, d),
     ]
-    if _all_collapsed(d) and _all_collapsed(f):
-        lines.append(
-            "Every FFT and DSGD run collapsed onto one class, so this setting shows "
-            "neither method learning the task, and nothing about DSGD's stability."
-        )
-    if d["accuracy_std"] > f["accuracy_std"]:
-        lines.append("On this setting DSGD does not make the seeds agree more than FFT does.")
-    if d["collapsed"] > f["collapsed"]:
-        lines.append("DSGD collapses more often than FFT here.")
     if d["missing_class"] or f["missing_class"]:
         lines.append(
-            f"Runs that never predict some class right: DSGD {d['missing_class']} of {d['n']}, "
-            f"FFT {f['missing_class']} of {f['n']}."
+            f"Runs that never predict some class right: DSGD {_of(d, 'missing_class')}, "
+            f"FFT {_of(f, 'missing_class')}."
         )
     others = [label for label in stats if label not in (base, dsgd)]
     if others:
         better = [o for o in others if stats[o]["accuracy_mean"] >= d["accuracy_mean"]]
         steadier = [o for o in others if stats[o]["accuracy_std"] <= d["accuracy_std"]]
-        more = [o for o in others if stats[o]["collapsed"] > d["collapsed"]]
-        fewer = [o for o in others if stats[o]["collapsed"] < d["collapsed"]]
+        more = [o for o in others if stats[o]["failed"] > d["failed"]]
+        fewer = [o for o in others if stats[o]["failed"] < d["failed"]]
         lines.append(
             "DSGD does not beat "
             + ", ".join(f"{o} ({_pct(stats[o]['accuracy_mean'])})" for o in better)
@@ -564,59 +598,94 @@ def verdict(results: dict[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -
         for word, group in (("More", more), ("Fewer", fewer)):
             if group:
                 lines.append(
-                    f"{word} collapsed runs than DSGD ({d['collapsed']} of {d['n']}): "
-                    + ", ".join(f"{o} {stats[o]['collapsed']} of {stats[o]['n']}" for o in group)
+                    f"{word} failed runs than DSGD ({_of(d, 'failed')}): "
+                    + ", ".join(f"{o} {_of(stats[o], 'failed')}" for o in group)
                     + "."
                 )
-    ens9, dsgd9 = ensemble_accuracy(results, base, 9), ensemble_accuracy(results, dsgd, 9)
+    ens9, dsgd9 = ensemble_stats(results, base, 9), ensemble_stats(results, dsgd, 9)
     if ens9 is not None and dsgd9 is not None:
         lines.append(
-            f"Majority votes of 9 seeds: FFT {_pct(ens9)}, DSGD {_pct(dsgd9)}; the mean single "
-            f"DSGD run {'reaches' if d['accuracy_mean'] >= ens9 else 'stays below'} ENS(9)."
+            f"Majority votes of 9 seeds (mean over the {ens9['subsets']} and "
+            f"{dsgd9['subsets']} subsets): FFT {_pct(ens9['accuracy_mean'])}, DSGD "
+            f"{_pct(dsgd9['accuracy_mean'])}; the mean single DSGD run "
+            f"{'reaches' if d['accuracy_mean'] >= ens9['accuracy_mean'] else 'stays below'} "
+            "ENS(9)."
         )
     return " ".join(lines)
 
 
-def _all_collapsed(s: dict[str, Any]) -> bool:
-    return s["collapsed"] == s["n"]
-
-
 def _spread(label: str, s: dict[str, Any], dsgd: dict[str, Any]) -> str:
-    """``label (std)``, saying so where the low spread comes from collapsed runs."""
+    """``label (std)``, saying so where the low spread comes from failed runs."""
     note = ""
-    if _all_collapsed(s):
-        note = ", every run collapsed"
-    elif s["collapsed"] > dsgd["collapsed"]:
-        note = f", {s['collapsed']} of {s['n']} runs collapsed"
+    if s["failed"] == s["n"]:
+        note = ", every run failed"
+    elif s["failed"] > dsgd["failed"]:
+        note = f", {_of(s, 'failed')} runs failed"
     return f"{label} ({_pct(s['accuracy_std'])}{note})"
 
 
 def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
-    """What :func:`~dsgd_jax.examples.stability_report.overview_rows` say, in plain sentences."""
+    """What :func:`~dsgd_jax.examples.stability_report.overview_rows` say, in plain sentences.
+
+    The settings are sorted by what FFT does there: fails on some seeds but not all
+    (those can test whether DSGD removes failed seeds), on none, or on all.
+    """
     if not rows:
         return "No setting has both FFT and DSGD runs yet."
     n = len(rows)
     higher = sum(r["dsgd"]["accuracy_mean"] > r["base"]["accuracy_mean"] for r in rows)
     steadier = sum(r["dsgd"]["accuracy_std"] < r["base"]["accuracy_std"] for r in rows)
-    runs_f, runs_d = (sum(r[k]["n"] for r in rows) for k in ("base", "dsgd"))
-    collapsed_f, collapsed_d = (sum(r[k]["collapsed"] for r in rows) for k in ("base", "dsgd"))
-    missing_f, missing_d = (sum(r[k]["missing_class"] for r in rows) for k in ("base", "dsgd"))
+
+    def total(group, side, key):
+        return sum(r[side][key] for r in group)
+
     lines = [
         f"Over {n} setting{'s' if n > 1 else ''}, DSGD's mean accuracy is above FFT's in "
         f"{higher} and its seed spread (std) is below FFT's in {steadier}.",
-        f"Collapsed runs: FFT {collapsed_f} of {runs_f}, DSGD {collapsed_d} of {runs_d}"
-        + (" (no setting here made plain fine-tuning collapse)." if collapsed_f == 0 else "."),
-        f"Runs that never predict some class right: FFT {missing_f}, DSGD {missing_d}.",
+        f"Failed runs (at or below the majority-class rate): FFT {total(rows, 'base', 'failed')} "
+        f"of {total(rows, 'base', 'n')}, DSGD {total(rows, 'dsgd', 'failed')} of "
+        f"{total(rows, 'dsgd', 'n')}; collapsed onto one class: FFT "
+        f"{total(rows, 'base', 'collapsed')}, DSGD {total(rows, 'dsgd', 'collapsed')}.",
+    ]
+    testable = [r for r in rows if r["testable"]]
+    never = [r for r in rows if r["base"]["failed"] == 0]
+    always = [r for r in rows if r["base"]["failed"] == r["base"]["n"]]
+    if testable:
+        t_higher = sum(r["dsgd"]["accuracy_mean"] > r["base"]["accuracy_mean"] for r in testable)
+        t_steadier = sum(r["dsgd"]["accuracy_std"] < r["base"]["accuracy_std"] for r in testable)
+        t_fewer = sum(r["dsgd"]["failed"] < r["base"]["failed"] for r in testable)
+        lines.append(
+            f"FFT fails on some seeds but not all in {len(testable)} setting"
+            f"{'s' if len(testable) > 1 else ''} ("
+            + ", ".join(r["setting"] for r in testable)
+            + f"), the kind that can test whether DSGD removes failed seeds: there FFT fails "
+            f"on {total(testable, 'base', 'failed')} of {total(testable, 'base', 'n')} runs "
+            f"and DSGD on {total(testable, 'dsgd', 'failed')} of {total(testable, 'dsgd', 'n')}; "
+            f"DSGD has fewer failed runs in {t_fewer}, a higher mean in {t_higher} and a lower "
+            f"spread in {t_steadier} of them."
+        )
+    else:
+        lines.append(
+            "No setting makes FFT fail on some seeds but not on others, so none of them can "
+            "test whether DSGD removes failed seeds."
+        )
+    if never:
+        lines.append(
+            f"FFT fails on no seed in {len(never)} setting{'s' if len(never) > 1 else ''}."
+        )
+    if always:
+        lines.append(
+            "FFT fails on every seed on "
+            + ", ".join(
+                f"{r['setting']} (DSGD {r['dsgd']['failed']} of {r['dsgd']['n']})" for r in always
+            )
+            + ": there the setting decides, not the seed."
+        )
+    lines += [
+        f"Runs that never predict some class right: FFT {total(rows, 'base', 'missing_class')}, "
+        f"DSGD {total(rows, 'dsgd', 'missing_class')}.",
         _widest_spreads(rows),
     ]
-    dead = [r for r in rows if _all_collapsed(r["base"]) and _all_collapsed(r["dsgd"])]
-    if dead:
-        lines.append(
-            "Every FFT and DSGD run collapsed on "
-            + ", ".join(r["setting"] for r in dead)
-            + f" ({sum(r['base']['n'] for r in dead)} and {sum(r['dsgd']['n'] for r in dead)} "
-            "of those collapsed runs): there neither method learns the task."
-        )
     beaten = [
         r
         for r in rows
@@ -691,8 +760,10 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
         parts += [
             "",
             "Every setting, FFT against DSGD: accuracy and macro-F1 in % as mean ± std over "
-            "seeds; collapsed runs and runs missing a class (recall 0 on some class) as "
-            "FFT/DSGD; the best of the other methods where they ran.",
+            "seeds; as FFT/DSGD, the failed runs (accuracy at or below the majority-class "
+            "rate), the collapsed runs (one class for every input) and the runs missing a "
+            "class (recall 0 on some class); whether FFT fails on some seeds but not all; "
+            "the best of the other methods where they ran.",
             "",
             overview_table(all_results).strip(),
             "",
@@ -760,13 +831,17 @@ OVERVIEW_PLOT = "benchmarks/results/stability/overview.png"
 
 
 def update_readme(root: Path) -> str:
-    """Rewrites the README's results section and ``OVERVIEW_PLOT`` from the committed results.
+    """Rewrites the README's results section, ``OVERVIEW_PLOT`` and each committed
+    setting's table and plots (:func:`~dsgd_jax.examples.stability_report.write_report`)
+    from the committed ``results.json`` files, which it only reads.
 
     Returns the section.
     """
-    from dsgd_jax.examples.stability_report import overview_rows, plot_overview
+    from dsgd_jax.examples.stability_report import overview_rows, plot_overview, write_report
 
     settings = load_settings(results_folders(root))
+    for folder, results in settings:
+        write_report(results, folder)
     all_results = [results for _, results in settings]
     if overview_rows(all_results):
         plot_overview(all_results, root / OVERVIEW_PLOT)

@@ -3,27 +3,35 @@
 :mod:`dsgd_jax.examples.stability` trains every method variant once per seed and
 gathers the runs into ``results.json``; this module turns that file into the
 paper's table (mean ± std of test accuracy and macro-F1 over seeds, the worst and
-best seed, the collapsed runs, and the seed ensembles ``ENS(k)`` of plain
-fine-tuning against ``DSGD(9)``) and its figures: test accuracy per seed, eval
-accuracy per epoch, and the gradient-conflict trace of the traced runs.
+best seed, the failed and collapsed runs, and the seed ensembles ``ENS(k)`` of
+plain fine-tuning against ``DSGD(9)``), a table per seed (escape epoch, feature
+cosine, gradient-conflict statistics) and its figures: test accuracy per seed,
+eval accuracy per epoch, the gradient-conflict traces of every traced seed and
+the final representations per seed.
 
 Pure NumPy; matplotlib (Agg backend) is imported only by the plotting functions.
 
-Definitions used throughout:
+Definitions used throughout (computed from each run's saved test predictions,
+whatever flags older results files stored):
 
 - std is the population standard deviation over seeds (``numpy.std`` with
   ``ddof=0``);
-- a run counts as collapsed when its ``collapsed`` flag is set (the runner sets it
-  when one class takes most of the test predictions);
+- a run *collapsed* when it predicts one class for every test input (the paper's
+  Definition 2.3), *failed* when its accuracy is at or below the majority-class
+  rate of the test split (collapsed or otherwise degenerate), and is *mostly one
+  class* when one class takes 95% of its predictions (it may still beat the
+  majority rate); see :func:`~dsgd_jax.examples.metrics.failure_flags`;
+- a run's *escape epoch* is the first epoch whose evaluation beats the
+  majority-class rate (:func:`escape_epoch`);
 - a run misses a class when none of that class's test examples is predicted
-  right (its recall is 0): a partial collapse, of which the paper's collapse is
-  the extreme;
-- a method's runs are ordered by seed, and ``ENS(k)`` is the majority vote of the
-  first ``k`` of them (ties to the lowest class index).
+  right (its recall is 0);
+- ``ENS(k)`` is the majority vote of k runs (ties to the lowest class index),
+  reported as mean ± std over every k-subset of the method's seeds.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,8 +40,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "ensemble_accuracy",
     "ensemble_rows",
+    "ensemble_stats",
+    "escape_epoch",
     "format_lr",
     "load_results",
     "majority_vote",
@@ -45,9 +54,13 @@ __all__ = [
     "plot_conflict_trace",
     "plot_epoch_curves",
     "plot_overview",
+    "plot_representation",
     "plot_seed_accuracy",
+    "run_failures",
+    "seed_table",
     "setting_key",
     "setting_label",
+    "trace_stats",
     "write_report",
 ]
 
@@ -80,6 +93,18 @@ def load_results(path: str | Path) -> dict[str, Any]:
             f"{', '.join(repr(k) for k in missing)})."
         )
     return results
+
+
+def _majority_rate(labels: Sequence[int]) -> float:
+    labels = np.asarray(labels)
+    return (
+        float(np.unique(labels, return_counts=True)[1].max() / labels.size) if labels.size else 0.0
+    )
+
+
+def _failed_mask(runs: Sequence[Mapping[str, Any]], labels: Sequence[int]) -> np.ndarray:
+    """Which of ``runs`` failed (:func:`run_failures`), as a bool array."""
+    return np.array([run_failures(r, labels)["failed"] for r in runs], dtype=bool)
 
 
 def _runs_by_label(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -155,11 +180,35 @@ def run_failures(
     return {**flags, "escape_epoch": escape_epoch(run, labels)}
 
 
+def trace_stats(run: Mapping[str, Any]) -> dict[str, float] | None:
+    """Summary of one run's gradient-conflict trace, or None if it has none.
+
+    ``cosine_mean`` is the mean of cos(g_W, g_C) over the traced steps,
+    ``negative_share`` the share of traced steps with cos < 0 and ``below_half_share``
+    with cos < -0.5 (the paper reports 90% and 30% for failed runs).
+
+    Examples:
+      >>> trace_stats({"conflict_trace": [{"cosine": -0.8}, {"cosine": -0.2}, {"cosine": 0.4},
+      ...                                 {"cosine": -0.6}]})
+      {'steps': 4, 'cosine_mean': -0.3, 'negative_share': 0.75, 'below_half_share': 0.5}
+    """
+    cosines = np.array([float(t["cosine"]) for t in run.get("conflict_trace") or []])
+    if cosines.size == 0:
+        return None
+    return {
+        "steps": int(cosines.size),
+        "cosine_mean": round(float(cosines.mean()), 12),
+        "negative_share": float(np.mean(cosines < 0)),
+        "below_half_share": float(np.mean(cosines < -0.5)),
+    }
+
+
 def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per method label, the statistics over its seeds.
 
     Std is the population standard deviation over seeds (``numpy.std``,
-    ``ddof=0``), so a label with one seed has std 0.
+    ``ddof=0``), so a label with one seed has std 0. The failure counts are
+    recomputed from each run's saved predictions (:func:`run_failures`).
 
     Args:
       results: A protocol run's results (see :func:`load_results`).
@@ -167,21 +216,26 @@ def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     Returns:
       Per label, in order of first appearance in ``results["runs"]``: ``n`` (the
       number of seeds), ``seeds`` (sorted), ``accuracy_mean``, ``accuracy_std``,
-      ``macro_f1_mean``, ``macro_f1_std``, ``accuracy_min``, ``accuracy_max``,
-      ``collapsed`` (the number of collapsed runs), ``missing_class`` (the number
-      of runs with saved predictions that miss a class, see :func:`missed_classes`)
-      and ``wall_time_mean`` (seconds).
+      ``macro_f1_mean``, ``macro_f1_std``, ``accuracy_min``, ``accuracy_max``;
+      the counts of ``failed`` runs (at or below the majority-class rate),
+      ``collapsed`` runs (one class for every input) and ``mostly_one_class`` runs
+      (one class for 95% of the inputs); ``failed_seeds``; ``learned_mean`` (the
+      mean accuracy of the runs that did not fail, None if all failed);
+      ``missing_class`` (runs that miss a class, see :func:`missed_classes`); per
+      seed, in seed order, ``escape_epochs`` (:func:`escape_epoch`) and
+      ``representation_cosine`` (None where not recorded); and ``wall_time_mean``
+      (seconds).
 
     Examples:
       >>> runs = [
       ...     {"label": "fft", "seed": 52, "accuracy": 0.5, "macro_f1": 0.4,
-      ...      "collapsed": True, "wall_time_s": 10.0},
-      ...     {"label": "fft", "seed": 42, "accuracy": 0.7, "macro_f1": 0.6,
-      ...      "collapsed": False, "wall_time_s": 30.0},
+      ...      "predictions": [0, 0, 0, 0], "wall_time_s": 10.0},
+      ...     {"label": "fft", "seed": 42, "accuracy": 0.75, "macro_f1": 0.6,
+      ...      "predictions": [0, 1, 0, 0], "wall_time_s": 30.0},
       ... ]
-      >>> s = method_stats({"runs": runs, "test_labels": []})["fft"]
-      >>> s["seeds"], round(s["accuracy_mean"], 4), round(s["accuracy_std"], 4), s["collapsed"]
-      ([42, 52], 0.6, 0.1, 1)
+      >>> s = method_stats({"runs": runs, "test_labels": [0, 1, 0, 1]})["fft"]
+      >>> s["seeds"], s["accuracy_mean"], s["failed"], s["collapsed"], s["failed_seeds"]
+      ([42, 52], 0.625, 1, 1, [52])
     """
     stats = {}
     labels = results["test_labels"]
@@ -189,6 +243,8 @@ def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         accuracy = np.array([float(r["accuracy"]) for r in runs])
         macro_f1 = np.array([float(r["macro_f1"]) for r in runs])
         wall = np.array([float(r.get("wall_time_s", np.nan)) for r in runs])
+        flags = [run_failures(r, labels) for r in runs]
+        learned = [a for a, f in zip(accuracy, flags, strict=True) if not f["failed"]]
         stats[label] = {
             "n": len(runs),
             "seeds": [int(r["seed"]) for r in runs],
@@ -198,11 +254,16 @@ def method_stats(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "macro_f1_std": float(macro_f1.std(ddof=0)),
             "accuracy_min": float(accuracy.min()),
             "accuracy_max": float(accuracy.max()),
-            "collapsed": sum(bool(r.get("collapsed", False)) for r in runs),
-            "missing_class": sum(
-                bool(r.get("predictions") and missed_classes(r["predictions"], labels))
-                for r in runs
-            ),
+            "failed": sum(f["failed"] for f in flags),
+            "collapsed": sum(f["collapsed"] for f in flags),
+            "mostly_one_class": sum(f["mostly_one_class"] for f in flags),
+            "failed_seeds": [
+                int(r["seed"]) for r, f in zip(runs, flags, strict=True) if f["failed"]
+            ],
+            "learned_mean": float(np.mean(learned)) if learned else None,
+            "missing_class": sum(bool(missed_classes(r["predictions"], labels)) for r in runs),
+            "escape_epochs": [f["escape_epoch"] for f in flags],
+            "representation_cosine": [r.get("representation_cosine") for r in runs],
             "wall_time_mean": float(wall.mean()),
         }
     return stats
@@ -249,27 +310,11 @@ def _num_classes(results: Mapping[str, Any], predictions: np.ndarray, labels: np
     return int(max(predictions.max(initial=0), labels.max(initial=0))) + 1
 
 
-def ensemble_accuracy(results: Mapping[str, Any], label: str, k: int) -> float | None:
-    """Test accuracy of the majority vote of ``label``'s first ``k`` runs in seed order.
-
-    Args:
-      results: A protocol run's results (see :func:`load_results`).
-      label: The method label whose runs vote.
-      k: The ensemble size.
-
-    Returns:
-      The ensemble's accuracy on ``results["test_labels"]``, or None if ``label``
-      has fewer than ``k`` runs.
-
-    Raises:
-      ValueError: If a run's predictions do not match the test labels in length.
-    """
-    runs = _runs_by_label(results).get(label, [])
-    if k < 1 or len(runs) < k:
-        return None
+def _prediction_rows(results: Mapping[str, Any], label: str) -> tuple[np.ndarray, np.ndarray]:
+    """``label``'s runs' predictions [runs, N] in seed order, and the test labels [N]."""
     labels = np.asarray(results["test_labels"], dtype=np.int64)
     rows = []
-    for run in runs[:k]:
+    for run in _runs_by_label(results).get(label, []):
         row = np.asarray(run["predictions"], dtype=np.int64)
         if row.shape != labels.shape:
             raise ValueError(
@@ -277,9 +322,46 @@ def ensemble_accuracy(results: Mapping[str, Any], label: str, k: int) -> float |
                 f"{labels.size} test labels"
             )
         rows.append(row)
-    predictions = np.stack(rows)
-    voted = majority_vote(predictions, _num_classes(results, predictions, labels))
-    return float(np.mean(voted == labels)) if labels.size else float("nan")
+    return np.stack(rows) if rows else np.zeros((0, labels.size), np.int64), labels
+
+
+def ensemble_stats(results: Mapping[str, Any], label: str, k: int) -> dict[str, Any] | None:
+    """The majority vote of every ``k``-subset of ``label``'s runs: accuracy mean ± std.
+
+    With 10 seeds that is 120 subsets for k = 3, 252 for 5, 120 for 7 and 10 for 9, so
+    the figure does not hang on which seeds happen to come first. Std is the
+    population std over the subsets.
+
+    Returns:
+      ``{"k", "subsets", "accuracy_mean", "accuracy_std", "accuracy_min",
+      "accuracy_max"}``, or None if ``label`` has fewer than ``k`` runs.
+
+    Examples:
+      >>> results = {"test_labels": [0, 1], "class_names": ["a", "b"], "runs": [
+      ...     {"label": "fft", "seed": s, "predictions": p}
+      ...     for s, p in ((42, [0, 1]), (52, [0, 0]), (62, [1, 1]))]}
+      >>> e = ensemble_stats(results, "fft", 2)  # votes [0, 0], [0, 1], [0, 0] (ties to 0)
+      >>> e["subsets"], round(e["accuracy_mean"], 4), e["accuracy_min"], e["accuracy_max"]
+      (3, 0.6667, 0.5, 1.0)
+    """
+    predictions, labels = _prediction_rows(results, label)
+    if k < 1 or len(predictions) < k or labels.size == 0:
+        return None
+    num_classes = _num_classes(results, predictions, labels)
+    scores = np.array(
+        [
+            np.mean(majority_vote(predictions[list(subset)], num_classes) == labels)
+            for subset in itertools.combinations(range(len(predictions)), k)
+        ]
+    )
+    return {
+        "k": k,
+        "subsets": int(scores.size),
+        "accuracy_mean": float(scores.mean()),
+        "accuracy_std": float(scores.std(ddof=0)),
+        "accuracy_min": float(scores.min()),
+        "accuracy_max": float(scores.max()),
+    }
 
 
 def ensemble_rows(
@@ -292,6 +374,8 @@ def ensemble_rows(
 ) -> list[dict[str, Any]]:
     """The paper's seed-ensemble rows: ``ENS(k)`` of ``base`` and ``DSGD(dsgd_k)``.
 
+    Each row is :func:`ensemble_stats` over every k-subset of the label's seeds.
+
     Args:
       results: A protocol run's results (see :func:`load_results`).
       base: The label whose runs form ``ENS(k)`` (plain fine-tuning).
@@ -301,18 +385,14 @@ def ensemble_rows(
 
     Returns:
       One dict per row with enough runs (rows without are left out): ``method``
-      (e.g. ``"ENS(3)"``), ``label``, ``k``, ``seeds`` (those that voted) and
-      ``accuracy``.
+      (e.g. ``"ENS(3)"``), ``label`` and :func:`ensemble_stats`' keys.
     """
-    groups = _runs_by_label(results)
     wanted = [(f"ENS({k})", base, k) for k in ks] + [(f"DSGD({dsgd_k})", dsgd, dsgd_k)]
     rows = []
     for name, label, k in wanted:
-        accuracy = ensemble_accuracy(results, label, k)
-        if accuracy is None:
-            continue
-        seeds = [int(r["seed"]) for r in groups[label][:k]]
-        rows.append({"method": name, "label": label, "k": k, "seeds": seeds, "accuracy": accuracy})
+        stats = ensemble_stats(results, label, k)
+        if stats is not None:
+            rows.append({"method": name, "label": label, **stats})
     return rows
 
 
@@ -331,10 +411,13 @@ def _format_time(seconds: float) -> str:
 def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str = "dsgd") -> str:
     """The paper's table of a protocol run, in markdown.
 
-    One row per method label (accuracy and macro-F1 as mean ± std over seeds in
-    percent, the worst and best seed's accuracy, the collapsed runs and the runs
-    missing a class out of the seeds, the mean wall time per run), then the seed-ensemble rows of
-    :func:`ensemble_rows` (accuracy only; the seeds column holds ``k``).
+    One row per method label: accuracy and macro-F1 as mean ± std over seeds in
+    percent, the worst and best seed's accuracy, the runs that failed (accuracy at
+    or below the majority-class rate), collapsed (one class for every input), put
+    95% of the inputs in one class and missed a class, out of the seeds, and the
+    mean wall time per run. Then the seed-ensemble rows of :func:`ensemble_rows`:
+    accuracy mean ± std over every k-subset (the seeds column holds the number of
+    subsets).
 
     Args:
       results: A protocol run's results (see :func:`load_results`).
@@ -345,24 +428,67 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
       The table, one line per row, ending with a newline.
     """
     columns = ("method", "seeds", "accuracy (%)", "macro-F1 (%)", "min (%)", "max (%)")
-    header = "| " + " | ".join((*columns, "collapsed", "missing a class", "time/run")) + " |"
-    lines = [header, "|" + "|".join(["---"] + ["---:"] * 8) + "|"]
+    flags = ("failed", "collapsed", "≥95% one class", "missing a class", "time/run")
+    header = "| " + " | ".join((*columns, *flags)) + " |"
+    lines = [header, "|" + "|".join(["---"] + ["---:"] * 10) + "|"]
     for label, s in method_stats(results).items():
+        n = s["n"]
         cells = [
             label,
-            str(s["n"]),
+            str(n),
             f"{_percent(s['accuracy_mean'])} ± {_percent(s['accuracy_std'])}",
             f"{_percent(s['macro_f1_mean'])} ± {_percent(s['macro_f1_std'])}",
             _percent(s["accuracy_min"]),
             _percent(s["accuracy_max"]),
-            f"{s['collapsed']}/{s['n']}",
-            f"{s['missing_class']}/{s['n']}",
+            *(f"{s[k]}/{n}" for k in ("failed", "collapsed", "mostly_one_class", "missing_class")),
             _format_time(s["wall_time_mean"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for row in ensemble_rows(results, base=base, dsgd=dsgd):
-        cells = [row["method"], str(row["k"]), _percent(row["accuracy"])] + [_DASH] * 6
+        accuracy = f"{_percent(row['accuracy_mean'])} ± {_percent(row['accuracy_std'])}"
+        cells = [row["method"], str(row["subsets"]), accuracy] + [_DASH] * 8
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_table(results: Mapping[str, Any]) -> str:
+    """One markdown row per run: how it ended, when it escaped, its trace and features.
+
+    Columns: method, seed, accuracy, failed / collapsed, the escape epoch
+    (:func:`escape_epoch`; "never" if it never beat the majority rate), the mean
+    pairwise cosine of the final test features (``—`` if not recorded) and the
+    gradient-conflict statistics of :func:`trace_stats` (``—`` without a trace).
+    """
+    lines = [
+        "| method | seed | accuracy (%) | failed | collapsed | escape epoch | feature cosine "
+        "| mean cos(g_W, g_C) | steps cos < 0 | steps cos < -0.5 |",
+        "|---|---:|---:|:---:|:---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = results["test_labels"]
+    for label, runs in _runs_by_label(results).items():
+        for run in runs:
+            f = run_failures(run, labels)
+            t = trace_stats(run)
+            cosine = run.get("representation_cosine")
+            cells = [
+                label,
+                str(run["seed"]),
+                _percent(float(run["accuracy"])),
+                "yes" if f["failed"] else "no",
+                "yes" if f["collapsed"] else "no",
+                "never" if f["escape_epoch"] is None else str(f["escape_epoch"]),
+                _DASH if cosine is None else f"{cosine:.3f}",
+                *(
+                    [_DASH] * 3
+                    if t is None
+                    else [
+                        f"{t['cosine_mean']:.3f}",
+                        f"{100 * t['negative_share']:.0f}%",
+                        f"{100 * t['below_half_share']:.0f}%",
+                    ]
+                ),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -393,7 +519,8 @@ def plot_seed_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
     """The paper's Figure 1: test accuracy per seed, one box per method label.
 
     The individual seeds are overlaid as points with a deterministic horizontal
-    jitter; collapsed runs are marked with a red x.
+    jitter; failed runs (at or below the majority-class rate, drawn as a dotted
+    line) are marked with a red x.
 
     Args:
       results: A protocol run's results (see :func:`load_results`).
@@ -413,12 +540,12 @@ def plot_seed_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
     positions = np.arange(1, len(groups) + 1)
     data = [[100 * float(r["accuracy"]) for r in runs] for runs in groups.values()]
     ax.boxplot(data, positions=positions, widths=0.5, showfliers=False)
-    collapsed_shown = False
+    failed_shown = False
     for position, runs, values in zip(positions, groups.values(), data, strict=True):
         n = len(runs)
         jitter = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(1)
         x = position + jitter
-        ok = np.array([not r.get("collapsed", False) for r in runs])
+        ok = ~_failed_mask(runs, results["test_labels"])
         values = np.asarray(values)
         ax.scatter(x[ok], values[ok], s=18, color="tab:blue", alpha=0.7, zorder=3)
         if (~ok).any():
@@ -429,18 +556,19 @@ def plot_seed_accuracy(results: Mapping[str, Any], path: str | Path) -> Path:
                 color="red",
                 marker="x",
                 zorder=4,
-                label=None if collapsed_shown else "collapsed run",
+                label=None if failed_shown else "failed run (≤ majority rate)",
             )
-            collapsed_shown = True
+            failed_shown = True
     ax.set_xticks(positions)
     ax.set_xticklabels(list(groups), rotation=30 if len(groups) > 4 else 0, ha="right")
     ax.set_xlim(0.4, len(groups) + 0.6)
     ax.set_xlabel("method")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(_title(results, "test accuracy per seed"))
+    majority = _majority_rate(results["test_labels"])
+    ax.axhline(100 * majority, color="gray", linestyle=":", linewidth=1.0, label="majority rate")
     ax.grid(axis="y", alpha=0.3)
-    if collapsed_shown:
-        ax.legend(loc="best")
+    ax.legend(loc="best")
     return _save(fig, path)
 
 
@@ -496,12 +624,15 @@ def plot_epoch_curves(results: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def plot_conflict_trace(results: Mapping[str, Any], path: str | Path) -> Path:
-    """The gradient-conflict trace of the traced runs, in three panels sharing the step axis.
+    """The gradient-conflict traces of every traced run, in three panels sharing the step axis.
 
     Top: cos(g_W, g_C), the cosine between the gradients of the wrongly and the
     correctly classified examples (dashed line at 0); middle: the total gradient
-    norm; bottom: the fraction of the batch classified correctly. One line per run
-    with a trace, labelled ``"label (seed s)"``.
+    norm; bottom: the fraction of the batch classified correctly. One line per
+    traced run, one colour per method label; the runs that failed (at or below
+    the majority-class rate, :func:`run_failures`) are drawn dashed and thicker,
+    so a failed seed's trace stands beside the traces of the seeds that learned
+    (the paper's Figure 2c/2d).
 
     Args:
       results: A protocol run's results (see :func:`load_results`).
@@ -519,26 +650,78 @@ def plot_conflict_trace(results: Mapping[str, Any], path: str | Path) -> Path:
             "The results have no conflict traces; run with --conflict_every=N to trace the "
             "gradient conflict of the FFT and DSGD runs."
         )
-    fig = _figure(figsize=(7.0, 7.0))
+    from matplotlib.lines import Line2D
+
+    fig = _figure(figsize=(7.5, 7.5))
     axes = fig.subplots(3, 1, sharex=True)
     panels = (
         ("cosine", "cos(g_W, g_C)"),
         ("total_norm", "gradient norm"),
         ("fraction_correct", "fraction correct"),
     )
-    for run in traced:
+    labels = list(dict.fromkeys(r["label"] for r in traced))
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    failed = _failed_mask(traced, results["test_labels"])
+    for run, bad in zip(traced, failed, strict=True):
         trace = run["conflict_trace"]
         steps = np.array([float(t["step"]) for t in trace])
         for ax, (key, _) in zip(axes, panels, strict=True):
             values = np.array([np.nan if t.get(key) is None else float(t[key]) for t in trace])
-            ax.plot(steps, values, linewidth=1.2, label=f"{run['label']} (seed {run['seed']})")
+            ax.plot(
+                steps,
+                values,
+                color=colors[run["label"]],
+                linestyle="--" if bad else "-",
+                linewidth=1.6 if bad else 0.9,
+                alpha=0.95 if bad else 0.6,
+                label=f"{run['label']} (seed {run['seed']})",
+            )
     for ax, (_, ylabel) in zip(axes, panels, strict=True):
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].axhline(0.0, color="black", linestyle="--", linewidth=0.8)
-    axes[0].legend(loc="best")
+    axes[0].axhline(0.0, color="black", linestyle=":", linewidth=0.8)
+    handles = [Line2D([], [], color=colors[label], label=label) for label in labels]
+    if failed.any():
+        handles.append(Line2D([], [], color="gray", linestyle="--", label="failed seed"))
+    axes[0].legend(handles=handles, loc="best", fontsize=8)
     axes[-1].set_xlabel("step")
-    axes[0].set_title(_title(results, "gradient conflict"))
+    axes[0].set_title(_title(results, f"gradient conflict, {len(traced)} traced runs"))
+    return _save(fig, path)
+
+
+def plot_representation(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Test accuracy against the mean pairwise cosine of the final test features, per run.
+
+    The paper's Figure 2a/2b: a collapsed model maps every input to nearly the
+    same representation (cosine near 1). One colour per method label; failed runs
+    marked with a red x; the majority-class rate as a dotted line.
+
+    Raises:
+      ValueError: If no run recorded ``representation_cosine``.
+    """
+    groups = {
+        label: [r for r in runs if r.get("representation_cosine") is not None]
+        for label, runs in _runs_by_label(results).items()
+    }
+    groups = {label: runs for label, runs in groups.items() if runs}
+    if not groups:
+        raise ValueError("no run recorded representation_cosine (rerun with this version)")
+    fig = _figure(figsize=(6.0, 4.5))
+    ax = fig.add_subplot()
+    labels = results["test_labels"]
+    for i, (label, runs) in enumerate(groups.items()):
+        x = np.array([float(r["representation_cosine"]) for r in runs])
+        y = np.array([100 * float(r["accuracy"]) for r in runs])
+        ax.scatter(x, y, s=22, color=f"C{i}", alpha=0.8, label=label, zorder=3)
+        bad = _failed_mask(runs, labels)
+        if bad.any():
+            ax.scatter(x[bad], y[bad], s=60, color="red", marker="x", zorder=4)
+    ax.axhline(100 * _majority_rate(labels), color="gray", linestyle=":", linewidth=1.0)
+    ax.set_xlabel("mean pairwise cosine of the final test features")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(_title(results, "representations per seed (red x: failed)"))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
     return _save(fig, path)
 
 
@@ -599,8 +782,9 @@ def overview_rows(
     Returns:
       Per run, in the given order: ``setting`` (:func:`setting_label`),
       ``example`` (its display name, e.g. ``"BERT"``), ``base`` and ``dsgd`` (their
-      :func:`method_stats`), and ``best_other``: the label and stats of the other
-      method with the highest mean accuracy, or None.
+      :func:`method_stats`), ``best_other``: the label and stats of the other
+      method with the highest mean accuracy, or None, and ``testable``: whether
+      FFT fails on some seeds but not on all.
     """
     rows = []
     for results in all_results:
@@ -616,6 +800,7 @@ def overview_rows(
                 "base": stats[base],
                 "dsgd": stats[dsgd],
                 "best_other": best,
+                "testable": 0 < stats[base]["failed"] < stats[base]["n"],
             }
         )
     return rows
@@ -627,13 +812,15 @@ def overview_table(
     """FFT against DSGD over many protocol runs, one markdown row per run.
 
     Columns: the setting, the seeds of each, accuracy and macro-F1 (mean ± std in
-    percent), collapsed runs and runs missing a class (``base``/``dsgd``), and the
-    best other method by mean accuracy.
+    percent), failed, collapsed and class-missing runs (``base``/``dsgd``),
+    whether FFT fails on some seeds but not all (the settings that can test
+    whether DSGD removes failed seeds), and the best other method by mean accuracy.
     """
     lines = [
         "| setting | seeds | FFT accuracy (%) | DSGD accuracy (%) | FFT macro-F1 (%) "
-        "| DSGD macro-F1 (%) | collapsed | missing a class | best other method |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| DSGD macro-F1 (%) | failed | collapsed | missing a class "
+        "| FFT fails on some seeds | best other method |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
     ]
     for row in overview_rows(all_results, base=base, dsgd=dsgd):
         f, d = row["base"], row["dsgd"]
@@ -645,8 +832,8 @@ def overview_table(
             f"{_percent(d['accuracy_mean'])} ± {_percent(d['accuracy_std'])}",
             f"{_percent(f['macro_f1_mean'])} ± {_percent(f['macro_f1_std'])}",
             f"{_percent(d['macro_f1_mean'])} ± {_percent(d['macro_f1_std'])}",
-            f"{f['collapsed']}/{d['collapsed']}",
-            f"{f['missing_class']}/{d['missing_class']}",
+            *(f"{f[k]}/{d[k]}" for k in ("failed", "collapsed", "missing_class")),
+            "yes" if row["testable"] else "no",
             _DASH
             if best is None
             else f"{best[0]} {_percent(best[1]['accuracy_mean'])} ± "
@@ -665,8 +852,9 @@ def plot_overview(
 ) -> Path:
     """Test accuracy per seed of ``base`` against ``dsgd``, one panel per protocol run.
 
-    Each panel shows the seeds as points (collapsed runs as red x) and the mean ±
-    std as a bar; panels share nothing, since the settings' accuracies differ.
+    Each panel shows the seeds as points (failed runs as red x), the mean ± std as
+    a bar and the majority-class rate as a dotted line; panels share nothing, since
+    the settings' accuracies differ.
 
     Raises:
       ValueError: If no run has both ``base`` and ``dsgd`` runs.
@@ -675,19 +863,19 @@ def plot_overview(
     for results in all_results:
         groups = _runs_by_label(results)
         if base in groups and dsgd in groups:
-            panels.append((setting_label(results), [groups[base], groups[dsgd]]))
+            panels.append((results, [groups[base], groups[dsgd]]))
     if not panels:
         raise ValueError(f"no results with both {base!r} and {dsgd!r} runs to plot")
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig = _figure(figsize=(4.2 * ncols, 3.6 * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax, (title, method_runs) in zip(axes, panels, strict=False):
+    for ax, (results, method_runs) in zip(axes, panels, strict=False):
         for position, (runs, color) in enumerate(
             zip(method_runs, ("tab:gray", "tab:blue"), strict=True)
         ):
             values = np.array([100 * float(r["accuracy"]) for r in runs])
-            ok = np.array([not r.get("collapsed", False) for r in runs])
+            ok = ~_failed_mask(runs, results["test_labels"])
             x = position + (np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else 0.0)
             x = np.broadcast_to(x, values.shape)
             ax.scatter(x[ok], values[ok], s=16, color=color, alpha=0.7, zorder=3)
@@ -702,25 +890,32 @@ def plot_overview(
                 capsize=4,
                 markersize=4,
             )
+        majority = 100 * _majority_rate(results["test_labels"])
+        ax.axhline(majority, color="gray", linestyle=":", linewidth=1.0)
         ax.set_xticks([0, 1])
         ax.set_xticklabels([base, dsgd])
         ax.set_xlim(-0.5, 1.6)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(setting_label(results), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[: len(panels)][::ncols]:
         ax.set_ylabel("test accuracy (%)")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle("test accuracy per seed (bar: mean ± std; red x: collapsed)", fontsize=10)
+    fig.suptitle(
+        "test accuracy per seed (bar: mean ± std; red x: failed; dotted: majority rate)",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Writes the table and the plots of a protocol run into ``out_dir``.
+    """Writes the tables and the plots of a protocol run into ``out_dir``.
 
-    Files: ``table.md`` (:func:`markdown_table`), ``seed_accuracy.png``,
-    ``epoch_curves.png`` (left out when no run has per-epoch metrics) and
-    ``conflict_trace.png`` (left out when no run has a conflict trace).
+    Files: ``table.md`` (:func:`markdown_table`, then :func:`seed_table`),
+    ``seed_accuracy.png``, ``epoch_curves.png`` (left out when no run has
+    per-epoch metrics), ``conflict_trace.png`` (left out when no run has a
+    conflict trace) and ``representation.png`` (left out when no run recorded its
+    features' cosine).
 
     Args:
       results: A protocol run's results (see :func:`load_results`).
@@ -728,16 +923,18 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
 
     Returns:
       The written paths by name: ``table``, ``seed_accuracy``, ``epoch_curves``,
-      ``conflict_trace``.
+      ``conflict_trace``, ``representation``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "table.md"
-    table.write_text(markdown_table(results))
+    table.write_text(markdown_table(results) + "\nPer seed:\n\n" + seed_table(results))
     paths = {"table": table}
     paths["seed_accuracy"] = plot_seed_accuracy(results, out_dir / "seed_accuracy.png")
     if any(_epoch_series(runs) is not None for runs in _runs_by_label(results).values()):
         paths["epoch_curves"] = plot_epoch_curves(results, out_dir / "epoch_curves.png")
     if any(r.get("conflict_trace") for r in results["runs"]):
         paths["conflict_trace"] = plot_conflict_trace(results, out_dir / "conflict_trace.png")
+    if any(r.get("representation_cosine") is not None for r in results["runs"]):
+        paths["representation"] = plot_representation(results, out_dir / "representation.png")
     return paths

@@ -22,6 +22,14 @@ tie 1/0/2, won by class 0): 4/6 right. The vote of the three dsgd runs is
 Missed classes (no example of the class predicted right): fft seed 52 misses
 classes 1 and 2, fft seed 72 misses class 0 (its two 0s are predicted 1, 1);
 every other run gets at least one example of each class right.
+
+The majority-class rate is 2/6, so the one failed run (2 right or fewer) is fft
+seed 52, which is also the one collapsed run (class 0 for every input).
+
+The votes of every 3 of the 4 fft seeds, by hand: {42, 52, 62} 0 1 0 0 0 2 (4/6),
+{42, 52, 72} 0 1 2 0 1 0 (5/6), {42, 62, 72} 0 1 2 0 1 2 (6/6), {52, 62, 72}
+0 1 0 0 0 0 (3/6): ENS(3) is 18/24 = 75% on average, population std
+sqrt(20) / 24 = 18.63 points.
 """
 
 from __future__ import annotations
@@ -161,13 +169,19 @@ def test_method_stats():
     assert fft["macro_f1_std"] == pytest.approx(np.std([0.9, 0.2, 0.6, 0.5]))
     assert fft["accuracy_min"] == pytest.approx(2 / 6)
     assert fft["accuracy_max"] == pytest.approx(1.0)
-    assert fft["collapsed"] == 1
+    assert fft["collapsed"] == fft["failed"] == fft["mostly_one_class"] == 1
+    assert fft["failed_seeds"] == [52]
+    assert fft["learned_mean"] == pytest.approx((6 + 4 + 3) / 18)
+    # Escape epochs: 6 x accuracy must exceed 2; seed 72 (epochs 0.2, 0.4) never does.
+    assert fft["escape_epochs"] == [1, 2, 2, None]
+    assert fft["representation_cosine"] == [None] * 4
     assert fft["wall_time_mean"] == pytest.approx(30.0)
     assert fft["missing_class"] == 2  # seeds 52 and 72
     assert stats["dsgd"]["missing_class"] == stats["focal"]["missing_class"] == 0
     assert stats["dsgd"]["accuracy_std"] == pytest.approx(0.0, abs=1e-12)
     assert stats["dsgd"]["wall_time_mean"] == pytest.approx(420.0)
-    assert stats["dsgd"]["collapsed"] == 0
+    assert stats["dsgd"]["collapsed"] == stats["dsgd"]["failed"] == 0
+    assert stats["dsgd"]["learned_mean"] == pytest.approx(5 / 6)
     # focal: 3/6, 3/6, 6/6 -> mean 2/3, population std sqrt(1/18).
     assert stats["focal"]["accuracy_mean"] == pytest.approx(2 / 3)
     assert stats["focal"]["accuracy_std"] == pytest.approx(math.sqrt(1 / 18))
@@ -191,13 +205,18 @@ def test_majority_vote_ties_go_to_the_lowest_class():
         sr.majority_vote([[0, 3]], 3)
 
 
-def test_ensemble_accuracy():
+def test_ensemble_stats_over_every_subset():
     results = _results()
-    assert sr.ensemble_accuracy(results, "fft", 3) == pytest.approx(4 / 6)
-    assert sr.ensemble_accuracy(results, "fft", 1) == pytest.approx(1.0)  # seed 42 alone
-    assert sr.ensemble_accuracy(results, "dsgd", 3) == pytest.approx(1.0)
-    assert sr.ensemble_accuracy(results, "fft", 5) is None
-    assert sr.ensemble_accuracy(results, "missing", 1) is None
+    e = sr.ensemble_stats(results, "fft", 3)
+    assert e["subsets"] == 4
+    assert e["accuracy_mean"] == pytest.approx(18 / 24)
+    assert e["accuracy_std"] == pytest.approx(math.sqrt(20) / 24)
+    assert (e["accuracy_min"], e["accuracy_max"]) == pytest.approx((3 / 6, 1.0))
+    one = sr.ensemble_stats(results, "fft", 1)  # every single run
+    assert one["subsets"] == 4 and one["accuracy_mean"] == pytest.approx(15 / 24)
+    assert sr.ensemble_stats(results, "dsgd", 3)["accuracy_mean"] == pytest.approx(1.0)
+    assert sr.ensemble_stats(results, "fft", 5) is None
+    assert sr.ensemble_stats(results, "missing", 1) is None
 
 
 def test_ensemble_rows():
@@ -205,16 +224,15 @@ def test_ensemble_rows():
     rows = sr.ensemble_rows(results)
     # fft has 4 runs (only ENS(3) fits), dsgd 3 (no DSGD(9)).
     assert [r["method"] for r in rows] == ["ENS(3)"]
-    assert rows[0]["k"] == 3
-    assert rows[0]["seeds"] == [42, 52, 62]
-    assert rows[0]["accuracy"] == pytest.approx(4 / 6)
+    assert rows[0]["k"] == 3 and rows[0]["subsets"] == 4
+    assert rows[0]["accuracy_mean"] == pytest.approx(18 / 24)
     rows = sr.ensemble_rows(results, ks=(1, 3, 4, 5), dsgd_k=3)
     assert [r["method"] for r in rows] == ["ENS(1)", "ENS(3)", "ENS(4)", "DSGD(3)"]
     # ENS(4) votes 0 1 0 0 1 0 (column 2: 2,0,0,2 tie -> 0; column 4: 1,0,2,1 -> 1;
     # column 5: 2,0,2,0 tie -> 0): columns 2 and 5 wrong -> 4/6.
-    assert [r["accuracy"] for r in rows] == pytest.approx([1.0, 4 / 6, 4 / 6, 1.0])
+    assert [r["accuracy_mean"] for r in rows] == pytest.approx([15 / 24, 18 / 24, 4 / 6, 1.0])
     assert sr.ensemble_rows(results, base="focal", ks=(3,), dsgd="none")[0][
-        "accuracy"
+        "accuracy_mean"
     ] == pytest.approx(1.0)  # focal votes 0 1 2 0 1 2
 
 
@@ -225,13 +243,13 @@ def test_markdown_table():
     assert lines[0].startswith("| method | seeds | accuracy")
     fft, dsgd, focal, ens = lines[2:]
     assert fft.startswith("| fft | 4 | 62.50 ± 24.65 | 55.00 ± ")
-    assert "| 33.33 | 100.00 | 1/4 | 2/4 | 30 s |" in fft
+    # failed, collapsed, 95% one class, missing a class: seed 52 is all three, 72 misses 0.
+    assert "| 33.33 | 100.00 | 1/4 | 1/4 | 1/4 | 2/4 | 30 s |" in fft
     assert dsgd.startswith("| dsgd | 3 | 83.33 ± 0.00 | 80.00 ± 0.00 |")
-    assert "| 0/3 | 0/3 | 7.0 min |" in dsgd
+    assert "| 0/3 | 0/3 | 0/3 | 0/3 | 7.0 min |" in dsgd
     assert focal.startswith("| focal | 3 | 66.67 ± 23.57 |")
-    assert "| 0/3 |" in focal
-    assert ens == "| ENS(3) | 3 | 66.67 | — | — | — | — | — | — |"
-    assert all(line.count("|") == 10 for line in lines)
+    assert ens == "| ENS(3) | 4 | 75.00 ± 18.63 | — | — | — | — | — | — | — | — |"
+    assert all(line.count("|") == 12 for line in lines)
     assert "DSGD(9)" not in table
 
 
@@ -242,8 +260,43 @@ def test_markdown_table_dsgd9_row():
         extra.append({**extra[0], "seed": 72 + 10 * i, "predictions": list(TEST_LABELS)})
     results["runs"] = [r for r in results["runs"] if r["label"] != "dsgd"] + extra
     table = sr.markdown_table(results)
-    assert "| DSGD(9) | 9 | 100.00 | — |" in table
+    assert "| DSGD(9) | 1 | 100.00 ± 0.00 | — |" in table
     assert "| dsgd | 9 |" in table
+
+
+def test_seed_table():
+    results = _results()
+    results["runs"][3]["representation_cosine"] = 0.98765  # fft seed 52
+    lines = sr.seed_table(results).strip().splitlines()
+    assert len(lines) == 2 + 10
+    rows = {tuple(line.split(" | ")[:2]): line for line in lines[2:]}
+    # fft 42: learned at epoch 1; its trace -0.3, -0.5, 0.1: mean -0.233, 2 of 3 negative,
+    # none below -0.5.
+    assert rows["| fft", "42"] == "| fft | 42 | 100.00 | no | no | 1 | — | -0.233 | 67% | 0% |"
+    assert rows["| fft", "52"] == "| fft | 52 | 33.33 | yes | yes | 2 | 0.988 | — | — | — |"
+    assert rows["| fft", "72"].startswith("| fft | 72 | 50.00 | no | no | never |")
+
+
+def test_trace_stats():
+    run = {"conflict_trace": _trace([-0.9, -0.6, -0.4, 0.2, 0.5])}
+    assert sr.trace_stats(run) == {
+        "steps": 5,
+        "cosine_mean": pytest.approx(-0.24),
+        "negative_share": 0.6,
+        "below_half_share": 0.4,
+    }
+    assert sr.trace_stats({"conflict_trace": []}) is None
+
+
+def test_escape_epoch_and_run_failures():
+    run = {"predictions": [0, 0, 0, 0], "epoch_metrics": [{"epoch": 2, "accuracy": 0.5}]}
+    # Labels 0 0 1 1: majority rate 1/2; 2 right of 4 is not above it.
+    f = sr.run_failures(run, [0, 0, 1, 1])
+    assert f["collapsed"] and f["failed"] and f["escape_epoch"] is None
+    run["epoch_metrics"].append({"epoch": 1, "accuracy": 0.75})  # out of order on purpose
+    assert sr.escape_epoch(run, [0, 0, 1, 1]) == 1
+    with pytest.raises(ValueError, match="no predictions"):
+        sr.run_failures({"label": "fft", "seed": 1}, [0, 1])
 
 
 def test_plot_seed_accuracy(tmp_path, saved_figures):
@@ -254,9 +307,14 @@ def test_plot_seed_accuracy(tmp_path, saved_figures):
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fft", "dsgd", "focal"]
     assert "bert" in ax.get_title() and "toy" in ax.get_title()
-    # One red x: the collapsed fft seed 52 at 2/6.
+    # One red x: the failed fft seed 52 at 2/6; the majority rate 2/6 as a dotted line.
     legend = ax.get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["collapsed run"]
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "failed run (≤ majority rate)",
+        "majority rate",
+    }
+    (majority,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    np.testing.assert_allclose(majority.get_ydata(), [100 * 2 / 6] * 2)
     red = [c for c in ax.collections if np.allclose(c.get_edgecolor()[0], [1, 0, 0, 1])]
     assert len(red) == 1
     np.testing.assert_allclose(red[0].get_offsets()[:, 1], [100 * 2 / 6])
@@ -284,19 +342,44 @@ def test_plot_epoch_curves(tmp_path, saved_figures):
 
 
 def test_plot_conflict_trace(tmp_path, saved_figures):
-    path = sr.plot_conflict_trace(_results(), tmp_path / "conflict.png")
+    results = _results()
+    results["runs"][3]["conflict_trace"] = _trace([-0.9, -0.8, -0.7])  # fft seed 52, failed
+    path = sr.plot_conflict_trace(results, tmp_path / "conflict.png")
     assert _is_png(path)
     (fig,) = saved_figures
     assert len(fig.axes) == 3
     top, middle, bottom = fig.axes
     labels = [t.get_text() for t in top.get_legend().get_texts()]
-    assert labels == ["fft (seed 42)", "dsgd (seed 42)"]
-    np.testing.assert_allclose(top.get_lines()[0].get_xdata(), [5, 10, 15])
-    np.testing.assert_allclose(top.get_lines()[0].get_ydata(), [-0.3, -0.5, 0.1])
-    np.testing.assert_allclose(middle.get_lines()[1].get_ydata(), [1, 2, 3])
+    assert labels == ["fft", "dsgd", "failed seed"]
+    runs = {line.get_label(): line for line in top.get_lines()}
+    assert set(runs) >= {"fft (seed 42)", "fft (seed 52)", "dsgd (seed 42)"}
+    np.testing.assert_allclose(runs["fft (seed 42)"].get_xdata(), [5, 10, 15])
+    np.testing.assert_allclose(runs["fft (seed 42)"].get_ydata(), [-0.3, -0.5, 0.1])
+    np.testing.assert_allclose(runs["fft (seed 52)"].get_ydata(), [-0.9, -0.8, -0.7])
+    # One colour per method; the failed seed dashed, the others solid.
+    assert runs["fft (seed 42)"].get_color() == runs["fft (seed 52)"].get_color()
+    assert runs["fft (seed 42)"].get_color() != runs["dsgd (seed 42)"].get_color()
+    assert runs["fft (seed 52)"].get_linestyle() == "--"
+    assert runs["fft (seed 42)"].get_linestyle() == "-"
+    dsgd_norms = [line for line in middle.get_lines() if line.get_label() == "dsgd (seed 42)"]
+    np.testing.assert_allclose(dsgd_norms[0].get_ydata(), [1, 2, 3])
     np.testing.assert_allclose(bottom.get_lines()[1].get_ydata(), [0, 0.1, 0.2])
-    assert len(top.get_lines()) == 3  # two runs and the dashed zero line
-    assert top.get_lines()[2].get_linestyle() == "--"
+    assert len(top.get_lines()) == 4  # three runs and the zero line
+
+
+def test_plot_representation(tmp_path, saved_figures):
+    results = _results()
+    with pytest.raises(ValueError, match="representation_cosine"):
+        sr.plot_representation(results, tmp_path / "none.png")
+    for run, cosine in zip(results["runs"], np.linspace(0.1, 0.9, 10), strict=True):
+        run["representation_cosine"] = float(cosine)
+    path = sr.plot_representation(results, tmp_path / "representation.png")
+    assert _is_png(path)
+    (fig,) = saved_figures
+    (ax,) = fig.axes
+    red = [c for c in ax.collections if np.allclose(c.get_edgecolor()[0], [1, 0, 0, 1])]
+    assert len(red) == 1  # the failed fft seed 52, the fourth run: cosine 0.1 + 3 * 0.8 / 9
+    np.testing.assert_allclose(red[0].get_offsets(), [[0.1 + 3 * 0.8 / 9, 100 * 2 / 6]])
 
 
 def test_plot_conflict_trace_without_traces(tmp_path):
@@ -308,7 +391,8 @@ def test_plot_conflict_trace_without_traces(tmp_path):
 def test_write_report(tmp_path):
     paths = sr.write_report(_results(), tmp_path / "report")
     assert set(paths) == {"table", "seed_accuracy", "epoch_curves", "conflict_trace"}
-    assert paths["table"].read_text() == sr.markdown_table(_results())
+    table = paths["table"].read_text()
+    assert table == sr.markdown_table(_results()) + "\nPer seed:\n\n" + sr.seed_table(_results())
     for name in ("seed_accuracy", "epoch_curves", "conflict_trace"):
         assert paths[name].parent == tmp_path / "report"
         assert _is_png(paths[name])
@@ -343,35 +427,36 @@ def test_overview_table():
     # population std sqrt((2 * 0.1225 + 2 * 0.0025) / 4) = 0.25.
     assert lines[2] == (
         "| BERT · toy · 32 tokens · lr 2e-5 | 4/3 | 62.50 ± 24.65 | 83.33 ± 0.00 "
-        "| 55.00 ± 25.00 | 80.00 ± 0.00 | 1/0 | 2/0 | focal 66.67 ± 23.57 |"
+        "| 55.00 ± 25.00 | 80.00 ± 0.00 | 1/0 | 1/0 | 2/0 | yes | focal 66.67 ± 23.57 |"
     )
     assert lines[3].startswith("| BERT · two · 32 tokens · lr 5e-5 | 4/3 |")
-    assert lines[3].endswith("| 1/0 | 2/0 | — |")
+    assert lines[3].endswith("| 1/0 | 1/0 | 2/0 | yes | — |")
 
 
-def test_verdict_names_collapse_behind_a_low_spread():
+def test_verdict_counts_failures_and_names_what_the_setting_can_test():
     from dsgd_jax.examples import stability
 
     results = _results()
     for seed in (42, 52, 62):  # a method that predicts class 0 everywhere: 2/6, std 0
         collapsed = {**results["runs"][3], "label": "lora", "method": "lora", "seed": seed}
         results["runs"].append(collapsed)
-    # fft 15/24 (std 24.65, 1 of 4 collapsed, seeds 52 and 72 miss a class), dsgd 5/6 on
-    # every seed, focal 4/6 (std sqrt(1/18) = 23.57), lora 2/6 on every seed; no ENS(9).
-    assert stability.verdict(results) == (
-        "DSGD's mean accuracy is 20.83 points above FFT's (83.33 vs 62.50), with a standard "
-        "deviation over seeds of 0.00 vs 24.65 and 0 vs 1 collapsed runs of 3 and 4. "
-        "Runs that never predict some class right: DSGD 0 of 3, FFT 2 of 4. "
-        "None of the other 2 methods reaches DSGD's mean accuracy. "
-        "Lower or equal seed spread than DSGD: lora (0.00, every run collapsed). "
-        "More collapsed runs than DSGD (0 of 3): lora 3 of 3."
-    )
-    one_dsgd_collapse = copy.deepcopy(results)
-    one_dsgd_collapse["runs"][2]["collapsed"] = True  # dsgd seed 42, flag only
-    text = stability.verdict(one_dsgd_collapse)
-    assert "Fewer collapsed runs than DSGD (1 of 3): focal 0 of 3." in text
-    assert "More collapsed runs than DSGD (1 of 3): lora 3 of 3." in text
-    assert "DSGD collapses more often than FFT" not in text  # 1 of 3 against 1 of 4
+    # fft 15/24 (std 24.65; seed 52 failed and collapsed; seeds 52 and 72 miss a class),
+    # dsgd 5/6 on every seed, focal 4/6 (std 23.57), lora 2/6 on every seed; no ENS(9).
+    text = stability.verdict(results)
+    assert "20.83 points above FFT's (83.33 vs 62.50)" in text
+    assert "0.00 vs 24.65" in text
+    assert "DSGD 0 of 3, FFT 1 of 4; collapsed onto one class: DSGD 0, FFT 1." in text
+    # FFT fails on 1 of 4 seeds: the setting can test the claim; the other three average
+    # (6 + 4 + 3) / 18 = 72.22.
+    assert "seed-unstable here: 1 of 4 seeds fail" in text and "average 72.22" in text
+    assert "DSGD 0 of 3, FFT 2 of 4." in text  # missing a class
+    assert "lora (0.00, every run failed)" in text
+    assert "More failed runs than DSGD (0 of 3): lora 3 of 3." in text
+    assert "ENS(9)" not in text
+    one_dsgd_fail = copy.deepcopy(results)
+    one_dsgd_fail["runs"][2]["predictions"] = [1] * 6  # dsgd seed 42: 2/6, failed
+    text = stability.verdict(one_dsgd_fail)
+    assert "Fewer failed runs than DSGD (1 of 3): focal 0 of 3." in text
 
 
 def _all_majority(results):
@@ -383,22 +468,18 @@ def _all_majority(results):
     return results
 
 
-def test_verdict_when_fft_and_dsgd_always_collapse():
+def test_verdict_when_every_fft_seed_fails_or_none_does():
     from dsgd_jax.examples import stability
 
     text = stability.verdict(_all_majority(_results()))
-    # Both 2/6 on every seed: a tie is no gap "below", and the setting says nothing.
-    assert text.startswith(
-        "DSGD's mean accuracy equals FFT's (33.33), with a standard deviation over seeds of "
-        "0.00 vs 0.00 and 3 vs 4 collapsed runs of 3 and 4. Every FFT and DSGD run collapsed "
-        "onto one class, so this setting shows neither method learning the task, and nothing "
-        "about DSGD's stability."
-    )
-    assert "points below" not in text and "points above" not in text
-    # One run off the majority class is enough to drop the sentence.
-    one_learns = _all_majority(_results())
-    one_learns["runs"][0]["collapsed"] = False
-    assert "Every FFT and DSGD run collapsed" not in stability.verdict(one_learns)
+    # Both 2/6 on every seed: a tie is no gap "below", and the setting cannot test the claim.
+    assert "equals FFT's (33.33)" in text and "points below" not in text
+    assert "DSGD 3 of 3, FFT 4 of 4" in text
+    assert "FFT fails on every seed here" in text and "seed-unstable" not in text
+    never = _results()
+    never["runs"] = [r for r in never["runs"] if (r["label"], r["seed"]) != ("fft", 52)]
+    text = stability.verdict(never)
+    assert "FFT fails on no seed here" in text and "DSGD 0 of 3, FFT 0 of 3" in text
 
 
 def test_overview_verdict():
@@ -406,7 +487,7 @@ def test_overview_verdict():
 
     one = _setting(_results(), "toy", 2e-5)
     wide = _setting(_results(), "wide", 1e-4)
-    for run in wide["runs"]:  # fft spread 0 here, dsgd above it in mean
+    for run in wide["runs"]:  # fft spread 0 here (accuracy field), dsgd above it in mean
         if run["label"] == "fft":
             run["accuracy"] = 0.5
     text = stability.overview_verdict(sr.overview_rows([one, wide]))
@@ -414,7 +495,11 @@ def test_overview_verdict():
     # 24.65 only in the first, since fft's std is 0 in the second.
     assert "Over 2 settings, DSGD's mean accuracy is above FFT's in 2" in text
     assert "its seed spread (std) is below FFT's in 1." in text
-    assert "Collapsed runs: FFT 2 of 8, DSGD 0 of 6." in text
+    # Failures come from the predictions: fft seed 52 fails in both settings.
+    assert "FFT 2 of 8, DSGD 0 of 6; collapsed onto one class: FFT 2, DSGD 0." in text
+    assert "some seeds but not all in 2 settings" in text
+    assert "there FFT fails on 2 of 8 runs and DSGD on 0 of 6" in text
+    assert "fewer failed runs in 2, a higher mean in 2 and a lower spread in 1" in text
     assert "never predict some class right: FFT 4, DSGD 0." in text
     assert "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65 points)." in text
     assert (
@@ -423,9 +508,7 @@ def test_overview_verdict():
     )
     # focal (2/3) does not reach dsgd (5/6) in mean accuracy anywhere.
     assert "matched or beaten" not in text
-    assert "Every FFT and DSGD run collapsed" not in text
-    # With two examples, the widest spread is named per example; the ViT setting
-    # (fft spread 0, no focal runs) is the only ViT one, so it is its widest.
+    # With two examples, the widest spread is named per example.
     vit = {**wide, "example": "vit", "task": "digits"}
     vit["runs"] = [r for r in vit["runs"] if r["label"] != "focal"]
     text = stability.overview_verdict(sr.overview_rows([one, vit]))
@@ -434,15 +517,16 @@ def test_overview_verdict():
         "the BERT settings and on ViT · digits · 32 tokens · lr 1e-4 (0.00 points) among the "
         "ViT settings." in text
     )
-    assert "Other methods ran on BERT · toy · 32 tokens · lr 2e-5." in text
     dead = _all_majority(_setting(_results(), "dead", 1e-5))
     text = stability.overview_verdict(sr.overview_rows([one, dead]))
-    # toy: fft 1 of 4 collapsed, dsgd 0 of 3; dead: 4 of 4 and 3 of 3.
-    assert "Collapsed runs: FFT 5 of 8, DSGD 3 of 6." in text
-    assert (
-        "Every FFT and DSGD run collapsed on BERT · dead · 32 tokens · lr 1e-5 (4 and 3 of "
-        "those collapsed runs): there neither method learns the task." in text
-    )
+    assert "FFT 5 of 8, DSGD 3 of 6" in text
+    assert "in 1 setting (BERT · toy · 32 tokens · lr 2e-5)" in text
+    assert "FFT fails on every seed on BERT · dead · 32 tokens · lr 1e-5 (DSGD 3 of 3)" in text
+    never = _setting(_results(), "never", 1e-4)
+    never["runs"] = [r for r in never["runs"] if (r["label"], r["seed"]) != ("fft", 52)]
+    text = stability.overview_verdict(sr.overview_rows([never]))
+    assert "No setting makes FFT fail on some seeds but not on others" in text
+    assert "FFT fails on no seed in 1 setting." in text
     assert stability.overview_verdict([]) == "No setting has both FFT and DSGD runs yet."
 
 
