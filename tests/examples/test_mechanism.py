@@ -106,3 +106,7 @@ def test_committed_result_is_what_the_script_computes(result):
     committed = json.loads((ROOT / "benchmarks/results/mechanism/mechanism.json").read_text())
     assert committed == json.loads(json.dumps(result))
     assert (ROOT / "benchmarks/results/mechanism/mechanism.png").exists()
+
+
+def test_readme_block_is_generated_from_the_demonstration(mech, result):
+    assert mech.readme_text(result) in (ROOT / "README.md").read_text()
