@@ -11,6 +11,12 @@ On a 2-core CPU a run takes several minutes (the README gives the measured
 time and accuracy). On a GPU, give it room: ``--max_length=256 --batch_size=32
 --dtype=bfloat16``. Tests use ``--model=tiny --task=synthetic`` (random init,
 2 layers, hidden 32).
+
+``--checkpoint`` takes a Hugging Face BERT-layout folder or an MPNet one (its
+config.json says ``"model_type": "mpnet"``), such as sentence-transformers'
+all-mpnet-base-v2 (see :mod:`dsgd_jax.examples.bert.mpnet` for how to unpack it)::
+
+    python -m dsgd_jax.examples.bert --checkpoint=/path/to/all-mpnet-base-v2
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from flax import nnx
 
 from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import model as bert_model
-from dsgd_jax.examples.bert import tokenization
+from dsgd_jax.examples.bert import mpnet, tokenization
 from dsgd_jax.examples.bert.data import bundled_checkpoint
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.train import TrainConfig, config_field, override_default
@@ -55,7 +61,9 @@ class BertExampleConfig(TrainConfig):
     model: str = config_field(
         "pretrained", "'pretrained' loads --checkpoint; a preset is random init", choices=MODELS
     )
-    checkpoint: str = config_field("", "Hugging Face BERT-layout folder; '' = bundled MiniLM-L6")
+    checkpoint: str = config_field(
+        "", "Hugging Face BERT-layout or MPNet folder; '' = bundled MiniLM-L6"
+    )
     max_length: int = config_field(128, "tokens per example (truncated, padded per split)")
     dtype: str = config_field("float32", "compute dtype", choices=tuple(DTYPES))
     classifier_dropout: float = config_field(0.1, "dropout before the classification layer")
@@ -75,9 +83,18 @@ class BertExampleConfig(TrainConfig):
         folder = Path(self.checkpoint) if self.checkpoint else bundled_checkpoint()
         return bert_model.check_checkpoint_folder(folder)
 
-    def model_config(self) -> bert_model.BertConfig:
+    def is_mpnet(self) -> bool:
+        """Whether ``--model=pretrained`` loads an MPNet checkpoint (not a BERT one)."""
+        if self.model != "pretrained":
+            return False
+        return mpnet.is_mpnet_config(self.checkpoint_folder() / "config.json")
+
+    def model_config(self) -> bert_model.BertConfig | mpnet.MPNetConfig:
         if self.model == "pretrained":
-            return bert_model.BertConfig.from_json(self.checkpoint_folder() / "config.json")
+            config_file = self.checkpoint_folder() / "config.json"
+            if self.is_mpnet():
+                return mpnet.MPNetConfig.from_json(config_file)
+            return bert_model.BertConfig.from_json(config_file)
         return bert_model.BertConfig.preset(self.model)
 
     def validate(self) -> None:
@@ -109,7 +126,14 @@ class BertExampleConfig(TrainConfig):
         return text_data.load_tfds(self.task, data_dir=self.tfds_data_dir or None)
 
     def load_data(self) -> TaskData:
-        positions = self.model_config().max_position_embeddings
+        config = self.model_config()
+        if isinstance(config, mpnet.MPNetConfig) and self.max_length > config.max_tokens:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds the model's {config.max_tokens} usable "
+                f"positions (MPNet reserves {mpnet.PADDING_IDX + 1} of its "
+                f"{config.max_position_embeddings}); pass --max_length={config.max_tokens} or less."
+            )
+        positions = config.max_position_embeddings
         if self.max_length > positions:
             raise ValueError(
                 f"max_length={self.max_length} exceeds the model's {positions} position "
@@ -121,7 +145,8 @@ class BertExampleConfig(TrainConfig):
     def build_model(self, data: TaskData, rngs: nnx.Rngs) -> nnx.Module:
         dtype = DTYPES[self.dtype]
         if self.model == "pretrained":
-            return bert_model.load_pretrained(
+            load = mpnet.load_pretrained_mpnet if self.is_mpnet() else bert_model.load_pretrained
+            return load(
                 self.checkpoint_folder(),
                 data.num_classes,
                 rngs=rngs,

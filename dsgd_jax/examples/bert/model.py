@@ -31,6 +31,7 @@ stay float32), attention softmax and the returned logits are float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -176,14 +177,18 @@ class BertLayer(nnx.Module):
         self.hidden_dropout = nnx.Dropout(config.hidden_dropout_prob)
         self.hidden_act = config.hidden_act
 
-    def __call__(self, x, mask, *, rngs=None):
-        """``x``: [B, L, H]; ``mask``: bool [B, 1, 1, L], True for real tokens."""
+    def __call__(self, x, mask, position_bias=None, *, rngs=None):
+        """``x``: [B, L, H]; ``mask``: bool [B, 1, 1, L], True for real tokens;
+        ``position_bias``: float32 [1, heads, L, L] added to the attention scores (MPNet's
+        relative-position bias), or None."""
         det = rngs is None
         b, seq, h = x.shape
         split = (b, seq, self.num_heads, h // self.num_heads)
         q, k, v = (m(x).reshape(split) for m in (self.query, self.key, self.value))
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
         scores = scores * jnp.float32(1.0 / math.sqrt(split[-1]))
+        if position_bias is not None:
+            scores = scores + position_bias
         # A finite large negative keeps rows without any real token finite (uniform).
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
@@ -247,6 +252,7 @@ class BertClassifier(nnx.Module):
 
     head_name = "classifier"
     lora_also_trains = ("pooler",)
+    encoder_class = BertEncoder  # MPNetClassifier swaps in its encoder
 
     def __init__(
         self,
@@ -258,7 +264,7 @@ class BertClassifier(nnx.Module):
         dtype=jnp.float32,
     ):
         self.config = config
-        self.encoder = BertEncoder(config, rngs=rngs, dtype=dtype)
+        self.encoder = self.encoder_class(config, rngs=rngs, dtype=dtype)
         self.pooler = _linear(config.hidden_size, config.hidden_size, rngs, dtype)
         rate = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
         self.dropout = nnx.Dropout(rate)
@@ -303,16 +309,20 @@ def check_checkpoint_folder(folder: str | os.PathLike) -> pathlib.Path:
     return folder
 
 
+def add_linear(out: dict, name: str, lin: nnx.Linear) -> None:
+    """Adds Hugging Face's ``name.weight`` (transposed) and ``name.bias`` targets of ``lin``."""
+    out[f"{name}.weight"], out[f"{name}.bias"] = (lin.kernel, True), (lin.bias, False)
+
+
+def add_norm(out: dict, name: str, ln: nnx.LayerNorm) -> None:
+    """Adds Hugging Face's ``name.weight`` and ``name.bias`` targets of a LayerNorm."""
+    out[f"{name}.weight"], out[f"{name}.bias"] = (ln.scale, False), (ln.bias, False)
+
+
 def _targets(model: BertClassifier) -> dict[str, tuple[nnx.Param, bool]]:
     """Hugging Face tensor name -> (destination Param, transpose?)."""
     out = {}
-
-    def linear(name, lin):
-        out[f"{name}.weight"], out[f"{name}.bias"] = (lin.kernel, True), (lin.bias, False)
-
-    def norm(name, ln):
-        out[f"{name}.weight"], out[f"{name}.bias"] = (ln.scale, False), (ln.bias, False)
-
+    linear, norm = functools.partial(add_linear, out), functools.partial(add_norm, out)
     emb = model.encoder.embeddings
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         out[f"embeddings.{name}.weight"] = (getattr(emb, name).embedding, False)
@@ -369,18 +379,29 @@ def load_pretrained(
             dtype=dtype,
         )
     )
-    h = config.hidden_size
+    return copy_into(model, _targets, tensors, num_classes, rngs, dtype, source, "a BERT")
+
+
+def copy_into(model, targets, tensors, num_classes, rngs, dtype, source, kind: str):
+    """Fills an abstract (``nnx.eval_shape``) classifier from a checkpoint's ``tensors``.
+
+    The classifier head, and the pooler when ``tensors`` has none, get real values
+    from ``rngs``; every other destination of ``targets(model)`` (Hugging Face name ->
+    (Param, transpose?)) must be in ``tensors`` with the right shape (``kind`` names
+    the expected layout in the error).
+    """
+    h = model.config.hidden_size
     model.classifier = _linear(h, num_classes, rngs, dtype)
     if not any(k.startswith("pooler.") for k in tensors):
         model.pooler = _linear(h, h, rngs, dtype)
-    for name, (param, transpose) in _targets(model).items():
+    for name, (param, transpose) in targets(model).items():
         if not isinstance(param.get_value(), jax.ShapeDtypeStruct):
             continue  # the fresh pooler
         if name not in tensors:
             raise KeyError(
                 f"{source}: tensor {name!r} is missing; the file does not match "
-                f"config.json (a BERT-layout checkpoint with "
-                f"{config.num_hidden_layers} layers is expected)"
+                f"config.json ({kind}-layout checkpoint with "
+                f"{model.config.num_hidden_layers} layers is expected)"
             )
         value = tensors[name]
         expected = tuple(param.shape[::-1]) if transpose else tuple(param.shape)

@@ -35,6 +35,17 @@ def load_tokenizer(path=None):
     return Tokenizer.from_file(str(file))
 
 
+def _pad_id(tokenizer) -> int:
+    """The tokenizer's padding id, else the id of ``<pad>`` (RoBERTa, MPNet: 1; their
+    vocabularies may hold a ``[PAD]`` too), else of ``[PAD]`` (BERT: 0), else 0."""
+    if tokenizer.padding and "pad_id" in tokenizer.padding:
+        return tokenizer.padding["pad_id"]
+    for token in ("<pad>", "[PAD]"):
+        if tokenizer.token_to_id(token) is not None:
+            return tokenizer.token_to_id(token)
+    return 0
+
+
 def tokenize_task(
     task: TextTask, tokenizer, *, max_length: int, pad_to_multiple_of: int = 8
 ) -> TaskData:
@@ -51,7 +62,7 @@ def tokenize_task(
     if pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}.")
     original = tokenizer
-    pad_id = (original.padding or {}).get("pad_id", original.token_to_id("[PAD]") or 0)
+    pad_id = _pad_id(original)
     tokenizer = type(original).from_str(original.to_str())
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, strategy="longest_first")
