@@ -98,6 +98,9 @@ class TrainConfig:
     weight_decay: float = config_field(0.01, "AdamW weight decay (matrices only)")
     warmup_ratio: float = config_field(0.1, "share of optimizer updates spent warming up")
     max_grad_norm: float = config_field(1.0, "global-norm clipping; 0 turns it off")
+    reinit_layers: int = config_field(
+        0, "re-initialise the top N encoder layers (and BERT's pooler) first, as Zhang et al."
+    )
     num_epochs: int = config_field(3, "epochs over the training split")
     batch_size: int = config_field(16, "examples per micro-batch")
     grad_accum_steps: int = config_field(1, "micro-batches per optimizer update (optax.MultiSteps)")
@@ -165,7 +168,7 @@ class TrainConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("conflict_every", "stop_after_epochs"):
+        for name in ("conflict_every", "stop_after_epochs", "reinit_layers"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off).")
         if not self.learning_rate > 0:
@@ -276,12 +279,21 @@ def needs_head_split(model: nnx.Module, who: str) -> None:
 def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx.filterlib.Filter:
     """Applies the method's one-off change to a freshly built ``model`` (in place).
 
+    ``reinit_layers`` re-initialises the top encoder layers first (Zhang et al. 2021);
     NoisyTune perturbs the weights; LoRA wraps attention query/value in adapters and
     trains them with the head and the modules named in the model's ``lora_also_trains``
     (if any). Returns the filter of the variables the optimizer trains.
     """
     if config.method in ("lnsr", "lora"):
         needs_head_split(model, f"method={config.method!r}")
+    if config.reinit_layers:
+        if not hasattr(model, "reinit_top_layers"):
+            raise ValueError(
+                f"reinit_layers={config.reinit_layers} needs a model with reinit_top_layers() "
+                f"(as the BERT and ViT examples' models have); {type(model).__name__} lacks it."
+            )
+        reinit_key = jax.random.fold_in(key, 2)
+        model.reinit_top_layers(config.reinit_layers, rngs=nnx.Rngs(params=reinit_key))
     if config.method == "noisytune":
         baselines.noisytune_model(model, key, noise_lambda=config.noisytune_lambda)
     if config.method == "lora":

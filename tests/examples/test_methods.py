@@ -109,3 +109,40 @@ def test_methods_needing_a_head_split_name_what_is_missing(tmp_path):
 def test_bad_baseline_settings(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         train_and_evaluate(toy_config(**overrides), tmp_path)
+
+
+@pytest.mark.parametrize("example", ["bert", "vit"])
+def test_reinit_layers_resets_the_top_layers_only(example):
+    """--reinit_layers=1: the top block (and BERT's pooler) back to the init's statistics
+    (LayerNorm scale 1 and bias 0, kernels of std 0.02 for BERT), the rest untouched."""
+    from flax import nnx
+
+    from dsgd_jax.examples.train import prepare_model
+
+    if example == "bert":
+        from dsgd_jax.examples.bert.model import BertClassifier, BertConfig
+
+        model = BertClassifier(BertConfig.preset("tiny"), 3, rngs=nnx.Rngs(0))
+        blocks, norm, kernel = model.encoder.layers, "output_layer_norm", "intermediate"
+    else:
+        from dsgd_jax.examples.vit.model import ViT, ViTConfig
+
+        model = ViT(ViTConfig.preset("tiny"), 3, rngs=nnx.Rngs(0))
+        blocks, norm, kernel = model.blocks, "ln2", None
+    # Stand-in "pretrained" weights: every parameter 0.5.
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda p: p * 0 + 0.5, state))
+    config = BertExampleConfig(model="tiny", reinit_layers=1)
+    prepare_model(config, model, jax.random.key(3))
+    top, below = blocks[len(blocks) - 1], blocks[0]
+    np.testing.assert_array_equal(getattr(top, norm).scale[...], 1.0)
+    np.testing.assert_array_equal(getattr(top, norm).bias[...], 0.0)
+    for leaf in jax.tree.leaves(nnx.state(below, nnx.Param)):
+        np.testing.assert_array_equal(leaf, 0.5)
+    if kernel is not None:
+        assert np.std(getattr(top, kernel).kernel[...]) == pytest.approx(0.02, rel=0.1)
+        assert np.std(model.pooler.kernel[...]) == pytest.approx(0.02, rel=0.1)
+    with pytest.raises(ValueError, match="reinit_layers=9"):
+        model.reinit_top_layers(9, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="reinit_layers must be >= 0"):
+        BertExampleConfig(reinit_layers=-1).validate()

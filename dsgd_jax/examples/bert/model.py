@@ -274,6 +274,21 @@ class BertClassifier(nnx.Module):
         """Float32 logits [B, num_classes]; dropout is on iff ``rngs`` is given."""
         return self.classify(self.features(inputs, rngs=rngs), rngs=rngs)
 
+    def reinit_top_layers(self, n: int, *, rngs: nnx.Rngs) -> None:
+        """Re-initialises the top ``n`` encoder layers and, if ``n > 0``, the pooler, from
+        ``rngs`` (in place), as Zhang et al. (2021) do before fine-tuning."""
+        layers = self.encoder.layers
+        if not 0 <= n <= len(layers):
+            raise ValueError(
+                f"reinit_layers={n}: the encoder has {len(layers)} layers; pass 0 to {len(layers)}."
+            )
+        dtype = self.pooler.dtype
+        for i in range(len(layers) - n, len(layers)):
+            layers[i] = BertLayer(self.encoder.config, rngs=rngs, dtype=dtype)
+        if n:
+            h = self.config.hidden_size
+            self.pooler = _linear(h, h, rngs, dtype)
+
     def features(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
         """The encoder's last hidden state of the [CLS] token, [B, H] in the compute dtype."""
         hidden = self.encoder(

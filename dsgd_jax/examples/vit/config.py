@@ -58,6 +58,10 @@ class ResizeInputs(nnx.Module):
         """The wrapped ViT's ``classify``."""
         return self.model.classify(features, rngs=rngs, noise=noise)
 
+    def reinit_top_layers(self, n: int, *, rngs: nnx.Rngs) -> None:
+        """The wrapped ViT's ``reinit_top_layers``."""
+        self.model.reinit_top_layers(n, rngs=rngs)
+
     def _resize(self, inputs):
         image = inputs["image"]
         size = self.model.config.image_size

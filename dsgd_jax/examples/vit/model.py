@@ -189,6 +189,17 @@ class ViT(nnx.Module):
         x = float32_norm(self.encoder_norm, self._tokens(inputs, rngs=rngs))
         return self.head(x[:, 0]).astype(jnp.float32)
 
+    def reinit_top_layers(self, n: int, *, rngs: nnx.Rngs) -> None:
+        """Re-initialises the top ``n`` encoder blocks from ``rngs`` (in place), as Zhang
+        et al. (2021) do for BERT before fine-tuning."""
+        if not 0 <= n <= len(self.blocks):
+            raise ValueError(
+                f"reinit_layers={n}: the ViT has {len(self.blocks)} blocks; pass 0 to "
+                f"{len(self.blocks)}."
+            )
+        for i in range(len(self.blocks) - n, len(self.blocks)):
+            self.blocks[i] = EncoderBlock(self.config, rngs=rngs, dtype=self.dtype)
+
     def features(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):
         """The class token after the last encoder block, before encoder_norm: [B, D] in
         the compute dtype."""
