@@ -184,8 +184,52 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def report(settings: list[dict], out: Path) -> list[dict]:
-    """Writes ``table.md``, ``pilot.json`` and ``pilot.png`` from the finished settings."""
+MARKER = "readme:pilot"
+
+
+def verdict(rows: list[dict]) -> str:
+    """What the pilot found, in plain sentences generated from its rows."""
+    bimodal = [r["name"] for r in rows if r["bimodal"]]
+    every = [r["name"] for r in rows if r["failed"] == r["seeds"]]
+    none = [r for r in rows if r["failed"] == 0]
+    lines = [f"{len(rows)} settings ran."]
+    if bimodal:
+        lines.append(
+            f"FFT fails on some of the 3 seeds and learns on the others in {len(bimodal)}: "
+            + ", ".join(bimodal)
+            + "."
+        )
+    else:
+        lines.append("No setting made FFT fail on some seeds and learn on others.")
+    if every:
+        lines.append(f"It fails on all 3 in {len(every)}: " + ", ".join(every) + ".")
+    lines.append(f"It fails on none in {len(none)}.")
+    return " ".join(lines)
+
+
+def readme_text(rows: list[dict], out: Path) -> str:
+    """The README's pilot block: the command, the table, the verdict and the plot."""
+    return "\n".join(
+        [
+            f"<!-- {MARKER} -->",
+            "`python benchmarks/instability_pilot.py`: FFT with 3 seeds (42, 52, 62) per "
+            "setting; each setting's exact `benchmarks/stability.py` command is in its "
+            f"`{out.as_posix()}/<setting>/results.json`. Failed: accuracy at or below the "
+            "majority-class rate; the escape epoch is the first epoch above it.",
+            "",
+            markdown(rows).strip(),
+            "",
+            verdict(rows),
+            "",
+            f"![FFT pilot: accuracy per seed minus the majority rate]({out.as_posix()}/pilot.png)",
+            f"<!-- /{MARKER} -->",
+        ]
+    )
+
+
+def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[dict]:
+    """Writes ``table.md``, ``pilot.json`` and ``pilot.png`` from the finished settings,
+    and the pilot block of ``readme`` if given."""
     rows = []
     for entry in settings:
         path = out / entry["name"] / "results.json"
@@ -196,6 +240,10 @@ def report(settings: list[dict], out: Path) -> list[dict]:
     (out / "table.md").write_text(markdown(rows))
     (out / "pilot.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, out / "pilot.png")
+    if readme is not None:
+        from dsgd_jax.examples.readme_blocks import fill_block
+
+        fill_block(readme, MARKER, readme_text(rows, out))
     return rows
 
 
@@ -229,7 +277,8 @@ def main(argv: list[str] | None = None, settings: list[dict] | None = None) -> i
             status = stability.cli([*protocol_argv(entry, args.out), *extra])
             if status != 0:
                 return status
-    rows = report(settings, args.out)
+    readme = Path("README.md") if args.out == OUT and Path("README.md").exists() else None
+    rows = report(settings, args.out, readme)
     if rows:
         print((args.out / "table.md").read_text())
     return 0

@@ -180,19 +180,30 @@ def run_failures(
     return {**flags, "escape_epoch": escape_epoch(run, labels)}
 
 
+def _both_groups(record: Mapping[str, Any]) -> bool:
+    """Whether a conflict record's batch had wrong and correct examples (else its cosine,
+    recorded as 0, is undefined)."""
+    return 0.0 < float(record["fraction_correct"]) < 1.0
+
+
 def trace_stats(run: Mapping[str, Any]) -> dict[str, float] | None:
     """Summary of one run's gradient-conflict trace, or None if it has none.
 
-    ``cosine_mean`` is the mean of cos(g_W, g_C) over the traced steps,
-    ``negative_share`` the share of traced steps with cos < 0 and ``below_half_share``
-    with cos < -0.5 (the paper reports 90% and 30% for failed runs).
+    Only the traced steps whose batch held both wrong and correct examples count
+    (``steps``): elsewhere cos(g_W, g_C) is undefined. ``cosine_mean`` is the mean
+    of cos(g_W, g_C) over them, ``negative_share`` the share with cos < 0 and
+    ``below_half_share`` with cos < -0.5 (the paper reports 90% and 30% for failed
+    runs).
 
     Examples:
-      >>> trace_stats({"conflict_trace": [{"cosine": -0.8}, {"cosine": -0.2}, {"cosine": 0.4},
-      ...                                 {"cosine": -0.6}]})
+      >>> trace_stats({"conflict_trace": [
+      ...     {"cosine": -0.8, "fraction_correct": 0.5}, {"cosine": -0.2, "fraction_correct": 0.5},
+      ...     {"cosine": 0.4, "fraction_correct": 0.9}, {"cosine": -0.6, "fraction_correct": 0.2},
+      ...     {"cosine": 0.0, "fraction_correct": 1.0}]})
       {'steps': 4, 'cosine_mean': -0.3, 'negative_share': 0.75, 'below_half_share': 0.5}
     """
-    cosines = np.array([float(t["cosine"]) for t in run.get("conflict_trace") or []])
+    trace = run.get("conflict_trace") or []
+    cosines = np.array([float(t["cosine"]) for t in trace if _both_groups(t)])
     if cosines.size == 0:
         return None
     return {
@@ -627,7 +638,8 @@ def plot_conflict_trace(results: Mapping[str, Any], path: str | Path) -> Path:
     """The gradient-conflict traces of every traced run, in three panels sharing the step axis.
 
     Top: cos(g_W, g_C), the cosine between the gradients of the wrongly and the
-    correctly classified examples (dashed line at 0); middle: the total gradient
+    correctly classified examples (dotted line at 0; left out at steps whose batch
+    was all right or all wrong, where it is undefined); middle: the total gradient
     norm; bottom: the fraction of the batch classified correctly. One line per
     traced run, one colour per method label; the runs that failed (at or below
     the majority-class rate, :func:`run_failures`) are drawn dashed and thicker,
@@ -666,7 +678,14 @@ def plot_conflict_trace(results: Mapping[str, Any], path: str | Path) -> Path:
         trace = run["conflict_trace"]
         steps = np.array([float(t["step"]) for t in trace])
         for ax, (key, _) in zip(axes, panels, strict=True):
-            values = np.array([np.nan if t.get(key) is None else float(t[key]) for t in trace])
+            values = np.array(
+                [
+                    np.nan
+                    if t.get(key) is None or (key == "cosine" and not _both_groups(t))
+                    else float(t[key])
+                    for t in trace
+                ]
+            )
             ax.plot(
                 steps,
                 values,

@@ -270,15 +270,16 @@ def test_seed_table():
     lines = sr.seed_table(results).strip().splitlines()
     assert len(lines) == 2 + 10
     rows = {tuple(line.split(" | ")[:2]): line for line in lines[2:]}
-    # fft 42: learned at epoch 1; its trace -0.3, -0.5, 0.1: mean -0.233, 2 of 3 negative,
-    # none below -0.5.
-    assert rows["| fft", "42"] == "| fft | 42 | 100.00 | no | no | 1 | — | -0.233 | 67% | 0% |"
+    # fft 42: learned at epoch 1; its trace -0.3, -0.5, 0.1 at fractions correct 0, 0.1,
+    # 0.2: the first step (no correct example) is left out: mean -0.2, 1 of 2 negative.
+    assert rows["| fft", "42"] == "| fft | 42 | 100.00 | no | no | 1 | — | -0.200 | 50% | 0% |"
     assert rows["| fft", "52"] == "| fft | 52 | 33.33 | yes | yes | 2 | 0.988 | — | — | — |"
     assert rows["| fft", "72"].startswith("| fft | 72 | 50.00 | no | no | never |")
 
 
 def test_trace_stats():
-    run = {"conflict_trace": _trace([-0.9, -0.6, -0.4, 0.2, 0.5])}
+    run = {"conflict_trace": _trace([0.0, -0.9, -0.6, -0.4, 0.2, 0.5])}
+    # _trace's first step has fraction correct 0 (no correct examples): left out.
     assert sr.trace_stats(run) == {
         "steps": 5,
         "cosine_mean": pytest.approx(-0.24),
@@ -286,6 +287,7 @@ def test_trace_stats():
         "below_half_share": 0.4,
     }
     assert sr.trace_stats({"conflict_trace": []}) is None
+    assert sr.trace_stats({"conflict_trace": _trace([0.0])}) is None
 
 
 def test_escape_epoch_and_run_failures():
@@ -354,8 +356,9 @@ def test_plot_conflict_trace(tmp_path, saved_figures):
     runs = {line.get_label(): line for line in top.get_lines()}
     assert set(runs) >= {"fft (seed 42)", "fft (seed 52)", "dsgd (seed 42)"}
     np.testing.assert_allclose(runs["fft (seed 42)"].get_xdata(), [5, 10, 15])
-    np.testing.assert_allclose(runs["fft (seed 42)"].get_ydata(), [-0.3, -0.5, 0.1])
-    np.testing.assert_allclose(runs["fft (seed 52)"].get_ydata(), [-0.9, -0.8, -0.7])
+    # The first step's batch has no correct example (fraction 0): its cosine is left out.
+    np.testing.assert_allclose(runs["fft (seed 42)"].get_ydata(), [np.nan, -0.5, 0.1])
+    np.testing.assert_allclose(runs["fft (seed 52)"].get_ydata(), [np.nan, -0.8, -0.7])
     # One colour per method; the failed seed dashed, the others solid.
     assert runs["fft (seed 42)"].get_color() == runs["fft (seed 52)"].get_color()
     assert runs["fft (seed 42)"].get_color() != runs["dsgd (seed 42)"].get_color()
