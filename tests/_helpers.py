@@ -10,6 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the scripts are not a package)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextlib.contextmanager
 def standard_promotion():
     """Standard dtype promotion, for optax's own code (see tests/conftest.py)."""

@@ -100,13 +100,9 @@ def test_readme_main_job_installs_its_assets_and_runs_the_default():
 
 @pytest.mark.parametrize("example", ["bert", "vit"])
 def test_readme_results_come_from_the_committed_runs(example):
-    import importlib.util
+    from _helpers import load_benchmark
 
-    spec = importlib.util.spec_from_file_location(
-        "default_runs", ROOT / "benchmarks" / "default_runs.py"
-    )
-    default_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(default_runs)
+    default_runs = load_benchmark("default_runs")
     results = json.loads(default_runs.results_path(example).read_text())
     assert results["example"] == example and set(results["runs"]) == {"fft", "dsgd"}
     from dsgd_jax.examples.train import config_changes

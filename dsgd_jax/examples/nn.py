@@ -36,6 +36,21 @@ def from_preset(cls: type, presets: Mapping[str, dict], name: str, label: str, *
     return dataclasses.replace(cls(**presets[name]), **overrides)
 
 
+def from_hf_config(cls: type, raw: Mapping[str, Any], path: Any, label: str):
+    """``cls`` from the fields of a Hugging Face ``config.json`` dict ``raw`` that it has
+    (the others ignored; rates and eps as floats); ValueError naming ``path`` and
+    ``label`` when the values are invalid."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in raw.items() if k in names}
+    for k in ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if k in kwargs:
+            kwargs[k] = float(kwargs[k])
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{path}: invalid {label} config: {e}") from None
+
+
 def float32_norm(layer_norm: nnx.LayerNorm, x: jax.Array) -> jax.Array:
     """LayerNorm in float32, result back in the compute dtype."""
     return layer_norm(x.astype(jnp.float32)).astype(x.dtype)

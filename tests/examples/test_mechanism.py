@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import load_benchmark
 
 import dsgd_jax
 
@@ -18,10 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def mech():
-    spec = importlib.util.spec_from_file_location("mechanism", ROOT / "benchmarks/mechanism.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mechanism")
 
 
 @pytest.fixture(scope="module")

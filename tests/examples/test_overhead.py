@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 
 from dsgd_jax.examples import overhead, timing
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "step_overhead", ROOT / "benchmarks" / "step_overhead.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_overhead")
 
 
 def test_interleaved_warms_up_then_alternates():

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def pilot():
-    spec = importlib.util.spec_from_file_location("pilot", ROOT / "benchmarks/instability_pilot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("instability_pilot")
 
 
 def test_settings_are_named_by_their_factors(pilot):

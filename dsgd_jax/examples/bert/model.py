@@ -43,7 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsgd_jax.examples.nn import add_noise, check_config, float32_norm, from_preset, head_noise
+from dsgd_jax.examples.nn import (
+    add_noise,
+    check_config,
+    float32_norm,
+    from_hf_config,
+    from_preset,
+    head_noise,
+)
 from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
 
 _ACTIVATIONS = {
@@ -96,15 +103,7 @@ class BertConfig:
                 f"{path}: only absolute position embeddings are supported, "
                 f"got {raw['position_embedding_type']!r}"
             )
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in names}
-        for k in ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if k in kwargs:
-                kwargs[k] = float(kwargs[k])
-        try:
-            return cls(**kwargs)
-        except ValueError as e:
-            raise ValueError(f"{path}: invalid BERT config: {e}") from None
+        return from_hf_config(cls, raw, path, "BERT")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> BertConfig:

@@ -71,7 +71,7 @@ from dsgd_jax.examples.bert.model import (
     check_checkpoint_folder,
     copy_into,
 )
-from dsgd_jax.examples.nn import check_config, float32_norm, from_preset
+from dsgd_jax.examples.nn import check_config, float32_norm, from_hf_config, from_preset
 
 __all__ = [
     "MPNetClassifier",
@@ -147,15 +147,7 @@ class MPNetConfig:
         missing = [k for k in _REQUIRED_KEYS if k not in raw]
         if missing:
             raise KeyError(f"{path}: config.json lacks required MPNet keys {missing}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in names}
-        for k in ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if k in kwargs:
-                kwargs[k] = float(kwargs[k])
-        try:
-            return cls(**kwargs)
-        except ValueError as e:
-            raise ValueError(f"{path}: invalid MPNet config: {e}") from None
+        return from_hf_config(cls, raw, path, "MPNet")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> MPNetConfig:
