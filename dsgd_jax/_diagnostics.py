@@ -8,8 +8,29 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from dsgd_jax import _checks
+
+
+def _check_params(params: Any) -> None:
+    """Every leaf of ``params`` must be a float array (gradient_conflict differentiates it)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    if not leaves:
+        raise ValueError(
+            "params holds no arrays; pass the parameters loss_fn is differentiated with "
+            "respect to, e.g. the model's parameter pytree."
+        )
+    for path, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            where = jax.tree_util.keystr(path) or "params"
+            raise TypeError(
+                f"params must hold float arrays (gradient_conflict differentiates loss_fn with "
+                f"respect to them), but {where} has dtype {dtype}. Cast it with "
+                ".astype(jnp.float32), or close over integer state in loss_fn instead of "
+                "passing it in params."
+            )
 
 
 class GradientConflict(NamedTuple):
@@ -19,8 +40,9 @@ class GradientConflict(NamedTuple):
     ``g_C = (1/n) sum_{i in C} grad l_i``.
 
     Attributes:
-        cosine: cos(g_W, g_C); 0 when either group is empty. Negative values
-            mean the two groups pull against each other (gradient cancellation).
+        cosine: cos(g_W, g_C); 0 when either group is empty, NaN when a valid
+            loss or a gradient is NaN (never a silent 0). Negative values mean
+            the two groups pull against each other (gradient cancellation).
         wrong_norm: ||g_W||.
         correct_norm: ||g_C|| (unscaled).
         total_norm: ||g_W + scale * g_C||, the norm of the update direction
@@ -70,6 +92,18 @@ def gradient_conflict(
     Returns:
         A :class:`GradientConflict` of float32 scalars.
 
+    Raises:
+        TypeError: if a leaf of ``params`` is not a float array, or ``loss_fn``
+            does not return a pair of float losses and bool flags.
+        ValueError: if ``loss_fn``'s losses are a scalar (a reduced loss) or
+            the flags do not have the losses' shape.
+
+    A NaN in a valid entry's loss, or in the gradients, makes ``cosine`` NaN,
+    never the 0 of an empty group. A masked entry's NaN loss is left out, but
+    if its gradient is NaN that NaN still reaches the gradients (as 0 * NaN):
+    replace masked inputs inside ``loss_fn`` (``jnp.where``) when padding may
+    hold NaN.
+
     Examples:
         Two examples pulling a scalar parameter in opposite directions:
 
@@ -81,11 +115,49 @@ def gradient_conflict(
         >>> stats = dsgd_jax.gradient_conflict(loss_fn, jnp.array(0.0))
         >>> float(stats.cosine), float(stats.total_norm), float(stats.fraction_correct)
         (-1.0, 0.0, 0.5)
+
+        A NaN loss reads as NaN, not as "no conflict":
+
+        >>> def broken(w):
+        ...     losses = jnp.stack([(w - 1.0) ** 2, jnp.log(w - 1.0)])  # log(-1) = NaN
+        ...     return losses, jnp.array([True, False])
+        >>> float(dsgd_jax.gradient_conflict(broken, jnp.array(0.0)).cosine)
+        nan
     """
     scale = _checks.scale_array(scale)
+    _check_params(params)
 
-    losses, vjp_fn, correct = jax.vjp(lambda p: loss_fn(p, *args, **kwargs), params, has_aux=True)
-    losses = _checks.float_array(losses, "per_example_loss")
+    not_a_pair = []
+
+    def split(p):
+        out = loss_fn(p, *args, **kwargs)
+        if isinstance(out, tuple) and len(out) == 2:
+            return out
+        not_a_pair.append(
+            f"one array of shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+        )
+        return jnp.zeros(()), jnp.zeros((), bool)
+
+    losses, vjp_fn, correct = jax.vjp(split, params, has_aux=True)
+    if not_a_pair:  # raised out here, where JAX adds nothing to the message
+        raise TypeError(
+            f"loss_fn must return a pair (per_example_loss, correct), got {not_a_pair[0]}. "
+            "Return e.g. (optax.losses.softmax_cross_entropy_with_integer_labels(logits, y), "
+            "dsgd_jax.argmax_correct(logits, y))."
+        )
+    losses = jnp.asarray(losses)
+    if not jnp.issubdtype(losses.dtype, jnp.floating):
+        raise TypeError(
+            f"loss_fn must return float per-example losses, got dtype {losses.dtype}. "
+            "Return them as floats, e.g. losses.astype(jnp.float32)."
+        )
+    if losses.ndim == 0:
+        raise ValueError(
+            "loss_fn returned a scalar loss, but gradient_conflict needs one loss per example "
+            "to split the batch into wrong and correct groups. Return the unreduced losses, "
+            "e.g. optax.losses.softmax_cross_entropy_with_integer_labels(logits, y) without "
+            ".mean()."
+        )
     correct = jnp.asarray(correct)
     if correct.shape != losses.shape or correct.dtype != jnp.bool_:
         raise ValueError(
@@ -107,6 +179,9 @@ def gradient_conflict(
     wc = optax.tree_utils.tree_vdot(g_wrong, g_correct)
     norm_product = jnp.sqrt(ww) * jnp.sqrt(cc)
     cosine = jnp.where(norm_product > 0, wc / jnp.where(norm_product > 0, norm_product, 1.0), 0.0)
+    # a NaN loss or gradient must not read as "no conflict"
+    broken = jnp.any(valid & jnp.isnan(lax.stop_gradient(losses))) | jnp.isnan(ww * cc + wc)
+    cosine = jnp.where(broken, jnp.full((), jnp.nan, jnp.float32), cosine)
     lam = scale.astype(jnp.float32)
     # the norm of the sum directly: expanding |g_W|^2 + 2 lam g_W.g_C + ... cancels badly
     total = jax.tree.map(lambda w, c: w + lam * c, g_wrong, g_correct)
@@ -144,6 +219,7 @@ def collapse_check(
     *,
     threshold: float = 0.95,
     where: jax.typing.ArrayLike | None = None,
+    checked: bool = False,
 ) -> CollapseStats:
     """Checks predictions for collapse onto one class.
 
@@ -157,17 +233,31 @@ def collapse_check(
         threshold: the majority share at or above which the run counts as
             collapsed, in (0, 1].
         where: optional bool mask of the predictions to count.
+        checked: add a ``checkify`` check of the predictions' range under ``jit``.
 
     Returns:
         A :class:`CollapseStats`.
 
+    Predictions outside ``[0, num_classes)`` raise a one-line ``ValueError``
+    eagerly. Under ``jit`` they count in the total but in no class (never as
+    class 0), so they lower ``majority_share``; with ``checked=True`` they fail
+    a ``checkify`` check (``checkify.checkify(f, errors=checkify.user_checks)``).
+    Masked predictions are not checked.
+
     Examples:
-        >>> import jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp
         >>> import dsgd_jax
         >>> stats = dsgd_jax.collapse_check(jnp.array([1, 1, 1, 1, 0]), num_classes=3,
         ...                                 threshold=0.8)
         >>> int(stats.majority_class), round(float(stats.majority_share), 4), bool(stats.collapsed)
         (1, 0.8, True)
+        >>> dsgd_jax.collapse_check(jnp.array([5, 5, 1, -1]), num_classes=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: predictions must be class indices in [0, 3) ...; got 5 at index 0, ...
+        >>> stats = jax.jit(dsgd_jax.collapse_check, static_argnums=1)(jnp.array([5, 1, 1, -1]), 3)
+        >>> int(stats.majority_class), float(stats.majority_share)  # 5 and -1 are in no class
+        (1, 0.5)
     """
     predictions = jnp.asarray(predictions)
     if not jnp.issubdtype(predictions.dtype, jnp.integer):
@@ -175,15 +265,33 @@ def collapse_check(
             f"predictions must be integer class indices, got dtype {predictions.dtype}. "
             "Pass jnp.argmax(logits, axis=-1)."
         )
-    num_classes = _checks.positive_int(num_classes, "num_classes")
+    num_classes = _checks.positive_int(
+        num_classes,
+        "num_classes",
+        "the number of classes the predictions index (static under jit)",
+        "logits.shape[-1]",
+    )
     threshold = _checks.real_number(threshold, "threshold")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
-    valid = _checks.mask_array(where, predictions.shape)
-    counts = jnp.bincount(
-        predictions.ravel(), weights=valid.ravel().astype(jnp.float32), length=num_classes
+    valid = _checks.mask_array(where, predictions.shape, "the predictions", "prediction")
+    out_of_range = _checks.index_out_of_range(predictions, num_classes)
+    _checks.report_invalid(
+        out_of_range & valid,
+        predictions,
+        message=f"predictions must be class indices in [0, {num_classes}) "
+        f"(num_classes={num_classes})",
+        fix="Pass the model's number of classes (e.g. num_classes=logits.shape[-1]) and "
+        "predictions=jnp.argmax(logits, axis=-1), or mask those entries out with where=.",
+        checked=checked,
     )
-    total = jnp.maximum(jnp.sum(counts), 1.0)
+    in_class = valid & ~out_of_range
+    counts = jnp.bincount(
+        jnp.where(in_class, predictions, jnp.zeros((), predictions.dtype)).ravel(),
+        weights=in_class.ravel().astype(jnp.float32),
+        length=num_classes,
+    )
+    total = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
     share = jnp.max(counts) / total
     return CollapseStats(
         majority_class=jnp.argmax(counts).astype(jnp.int32),
@@ -223,7 +331,7 @@ def mean_pairwise_cosine(
     x = features.astype(jnp.float32)
     norms = jnp.linalg.norm(x, axis=-1, keepdims=True)
     unit = x / jnp.where(norms > 0, norms, 1.0)
-    valid = _checks.mask_array(where, x.shape[:1])
+    valid = _checks.mask_array(where, x.shape[:1], "the rows of features", "row")
     v = valid.astype(jnp.float32)
     s = unit * v[:, None]
     total = jnp.sum(s, axis=0)

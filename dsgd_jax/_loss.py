@@ -11,6 +11,7 @@ lambda on C. One forward and one backward pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,14 +20,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from dsgd_jax import _checks
-from dsgd_jax._correct import argmax_correct
+from dsgd_jax._correct import _MASK_FIX, _NAN_FIX, _softmax_labels, argmax_correct, sigmoid_correct
 
 
 class DSGDAux(NamedTuple):
     """What a DSGD loss computed besides its value, for logging.
 
     Attributes:
-        correct: bool, per loss entry: classified correctly (weight ``scale``).
+        correct: bool, per loss entry: classified correctly (weight ``scale``);
+            False where masked out.
         weights: float, per loss entry: the constant weight each loss got
             (1 where wrong, ``scale`` where correct; 0 where masked out).
         fraction_correct: float32 scalar, the share of valid entries classified
@@ -87,9 +89,19 @@ def _accumulation_dtype(dtype) -> jnp.dtype:
 
 
 def _masked_mean_parts(per_example_loss, correct, scale, where, axis_name):
-    """Returns (loss value, weights, fraction correct, n) of the scaled mean."""
+    """Returns (loss value, weights, fraction correct, n, valid) of the scaled mean.
+
+    The fraction correct is NaN where the value is NaN.
+    """
     loss = _checks.float_array(per_example_loss, "per_example_loss")
     correct = jnp.asarray(correct)
+    if loss.ndim == 0 and correct.ndim > 0:
+        raise ValueError(
+            f"per_example_loss is a scalar, but DSGD needs one loss per example (correct has "
+            f"shape {correct.shape}). Pass the unreduced per-example losses, e.g. "
+            "optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels) "
+            "without .mean()."
+        )
     if correct.shape != loss.shape:
         raise ValueError(
             f"correct has shape {correct.shape} but per_example_loss has shape "
@@ -105,11 +117,20 @@ def _masked_mean_parts(per_example_loss, correct, scale, where, axis_name):
     num_correct = jnp.sum(valid & correct, dtype=acc)
     total = jnp.sum(terms)
     if axis_name is not None:
-        total, n, num_correct = lax.psum((total, n, num_correct), axis_name)
+        try:
+            total, n, num_correct = lax.psum((total, n, num_correct), axis_name)
+        except NameError as err:
+            raise ValueError(
+                f"axis_name={axis_name!r} names no mapped axis here: the loss runs outside "
+                "jax.pmap / jax.shard_map, or under another axis name. Call it inside "
+                f"jax.pmap(..., axis_name={axis_name!r}) or jax.shard_map over a mesh with "
+                "that axis, or pass axis_name=None (jax.jit over sharded arrays needs none)."
+            ) from err
     denominator = jnp.maximum(n, jnp.ones((), acc))
     value = (total / denominator).astype(loss.dtype)
     fraction = (num_correct / denominator).astype(jnp.float32)
-    return value, weights, fraction, n.astype(jnp.float32)
+    fraction = jnp.where(jnp.isnan(total), jnp.full((), jnp.nan, jnp.float32), fraction)
+    return value, weights, fraction, n.astype(jnp.float32), valid
 
 
 def scaled_mean(
@@ -130,6 +151,12 @@ def scaled_mean(
     with ``n`` the number of valid entries, never ``sum(w)``: the gradient is
     that of Eq. 1 of the paper. A fully masked batch gives 0, not NaN. Sums are
     accumulated in at least float32; the result has the loss's dtype.
+
+    A masked entry's loss never reaches the value, even when it is NaN. Its
+    gradient can: where the loss's inputs are NaN on a masked row, the chain
+    rule gives 0 * NaN there. :func:`make_dsgd_loss` replaces the inputs of
+    masked rows before computing the loss; use it (or ``jnp.where`` the inputs
+    yourself) when padding may hold NaN or inf.
 
     Data parallelism: under ``jax.jit`` with a sharded batch, call it without
     ``axis_name``. Inside ``jax.pmap`` or ``jax.shard_map``, pass the batch's
@@ -164,11 +191,68 @@ def scaled_mean(
     return _masked_mean_parts(per_example_loss, correct, scale, where, axis_name)[0]
 
 
+def _predicate(correct_fn) -> tuple[str | None, dict]:
+    """Which of dsgd_jax's predicates ``correct_fn`` is, and the keywords bound to it."""
+    func, bound = correct_fn, {}
+    if isinstance(correct_fn, functools.partial) and not correct_fn.args:
+        func, bound = correct_fn.func, dict(correct_fn.keywords)
+    if func is argmax_correct:
+        return "argmax", bound
+    if func is sigmoid_correct:
+        return "sigmoid", bound
+    return None, bound
+
+
+def _input_mask(where: jax.Array, shape: tuple[int, ...], class_axis: int | None):
+    """``where`` (a mask of the batch or loss shape) broadcast to an input's ``shape``.
+
+    With a class axis, ``where`` is read against the batch shape (``shape``
+    without that axis) first. None where it fits neither.
+    """
+    if class_axis is not None and class_axis < len(shape):
+        batch_shape = shape[:class_axis] + shape[class_axis + 1 :]
+        if _checks.fits_leading(where.shape, batch_shape):
+            mask = jnp.expand_dims(_checks.broadcast_leading(where, batch_shape), class_axis)
+            return jnp.broadcast_to(mask, shape)
+    if _checks.fits_leading(where.shape, shape):
+        return _checks.broadcast_leading(where, shape)
+    return None
+
+
+def _zero_masked(where, logits, labels, class_axis):
+    """Logits and labels with zeros on masked rows, so no NaN or inf there reaches a gradient."""
+    logits_mask = _input_mask(where, logits.shape, class_axis)
+    if logits_mask is not None:
+        logits = jnp.where(logits_mask, logits, jnp.zeros((), logits.dtype))
+    if labels is not None:
+        if labels.shape == logits.shape:
+            labels_mask = logits_mask
+        else:
+            labels_mask = _input_mask(where, labels.shape, None)
+        if labels_mask is not None:
+            labels = jnp.where(labels_mask, labels, jnp.zeros((), labels.dtype))
+    return logits, labels
+
+
+def _poison(loss: jax.Array, bad: jax.Array) -> jax.Array:
+    """The loss times NaN where ``bad`` (of the loss's shape) is True, 1 elsewhere.
+
+    Those entries' loss is NaN and so is their gradient (the factor scales the
+    loss's backward pass too), so the batch's loss and gradient turn NaN for a
+    NaN check or ``optax.apply_if_finite`` to catch. One multiply per entry.
+    """
+    if bad.shape != loss.shape:
+        return loss  # the shape check of the reduction reports the mismatch
+    factor = jnp.where(bad, jnp.full((), jnp.nan, loss.dtype), jnp.ones((), loss.dtype))
+    return loss * factor
+
+
 def make_dsgd_loss(
     loss_fn: Callable[..., jax.Array],
     correct_fn: Callable[[jax.Array, jax.Array], jax.Array] = argmax_correct,
     *,
     has_aux: bool = False,
+    checked: bool = False,
 ) -> Callable[..., jax.Array | tuple[jax.Array, DSGDAux]]:
     """Turns a per-example loss into a DSGD loss.
 
@@ -180,7 +264,34 @@ def make_dsgd_loss(
     ``loss_fn(logits, labels).mean()`` to ``f(logits, labels, scale=lam)``.
 
     ``where`` masks examples (padding), in the per-example loss's shape or a
-    leading part of it; it is not passed to ``loss_fn``.
+    leading part of it; it is not passed to ``loss_fn``. Masked rows of
+    ``logits`` and ``labels`` are replaced by zeros before ``correct_fn`` and
+    ``loss_fn`` see them, so their labels may be anything (such as -100) and
+    their logits NaN or inf: they get weight 0, ``correct`` False and exactly
+    zero gradient.
+
+    The class axis: an ``axis=`` keyword goes to ``loss_fn`` and also to the
+    default ``correct_fn``; with another ``correct_fn`` bind it yourself, e.g.
+    ``functools.partial(dsgd_jax.argmax_correct, axis=1)``.
+
+    Bad values never train silently. Integer class labels outside ``[0, C)``
+    (such as -1 or -100 on a valid row), labels outside ``[0, 1]`` for
+    :func:`sigmoid_correct` or one-hot labels, and NaN logits on valid rows:
+
+    - eager (concrete) calls, also inside ``jax.grad`` without ``jit``, raise
+      a one-line ``ValueError`` naming the argument, the bad values and the fix;
+    - under ``jit`` the example counts as wrong, and an out-of-range label
+      makes its loss NaN with a NaN gradient (a label -1 never trains class
+      C-1), so the batch's loss, ``fraction_correct`` and gradients are NaN for
+      a NaN check, or ``optax.apply_if_finite``, to catch. NaN logits give the
+      loss ``loss_fn`` gives them (NaN for optax's losses); any entry with a NaN
+      loss counts as wrong and ``fraction_correct`` is NaN whenever the loss is;
+    - ``checked=True`` adds ``checkify`` checks under ``jit``: run the loss
+      through ``checkify.checkify(f, errors=checkify.user_checks)`` and
+      ``err.throw()``. Without it nothing is added to the compiled function.
+
+    With a ``correct_fn`` of your own, the checks cover integer class labels
+    of the batch shape and NaN logits.
 
     Args:
         loss_fn: a per-example loss, e.g.
@@ -192,12 +303,14 @@ def make_dsgd_loss(
             :func:`sigmoid_correct` for sigmoid losses.
         has_aux: if True, ``f`` returns ``(loss, DSGDAux)`` with the correct
             flags, weights, fraction correct and n, for logging.
+        checked: add ``checkify`` checks of the labels and logits under ``jit``.
 
     Returns:
         The DSGD loss function.
 
     Examples:
-        >>> import jax, jax.numpy as jnp, optax
+        >>> import functools, jax, jax.numpy as jnp, optax
+        >>> from jax.experimental import checkify
         >>> import dsgd_jax
         >>> loss_fn = dsgd_jax.make_dsgd_loss(
         ...     optax.losses.softmax_cross_entropy_with_integer_labels)
@@ -209,6 +322,42 @@ def make_dsgd_loss(
         >>> bool(jnp.isclose(loss_fn(logits, labels, scale=0.0), plain[1] / 2))
         True
         >>> grads = jax.grad(loss_fn)(logits, labels, scale=0.5)
+
+        Classes on axis 1 (``[batch, classes, time]``): ``axis=1`` reaches the
+        loss and the default ``argmax_correct``; the same with the predicate bound:
+
+        >>> per_step = jnp.stack([logits, logits], axis=-1)  # shape (2, 2, 2)
+        >>> steps = jnp.array([[0, 0], [0, 0]])
+        >>> a = loss_fn(per_step, steps, scale=0.5, axis=1)
+        >>> loss_axis1 = dsgd_jax.make_dsgd_loss(
+        ...     optax.losses.softmax_cross_entropy_with_integer_labels,
+        ...     functools.partial(dsgd_jax.argmax_correct, axis=1))
+        >>> bool(a == loss_axis1(per_step, steps, scale=0.5, axis=1))
+        True
+
+        Padding: masked rows may hold NaN logits and any label:
+
+        >>> padded = jnp.array([[3.0, 0.0], [jnp.nan, jnp.nan]])
+        >>> mask = jnp.array([True, False])
+        >>> jax.grad(loss_fn)(padded, jnp.array([0, -100]), scale=0.5, where=mask)[1]
+        Array([0., 0.], dtype=float32)
+
+        A bad label on a valid row: an error eagerly, NaN under ``jit``, a
+        ``checkify`` error with ``checked=True``:
+
+        >>> loss_fn(logits, jnp.array([0, -1]), scale=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: labels must be class indices in [0, 2) ...; got -1 at index 1. ...
+        >>> jax.jit(lambda z, y: loss_fn(z, y, scale=0.5))(logits, jnp.array([0, -1]))
+        Array(nan, dtype=float32)
+        >>> checked_loss = dsgd_jax.make_dsgd_loss(
+        ...     optax.losses.softmax_cross_entropy_with_integer_labels, checked=True)
+        >>> f = checkify.checkify(lambda z, y: checked_loss(z, y, scale=0.5),
+        ...                       errors=checkify.user_checks)
+        >>> err, value = jax.jit(f)(logits, jnp.array([0, 7]))
+        >>> print(err.get())
+        labels must be class indices in [0, 2) ...; got 7 at flat index 1. ...
     """
     if not callable(loss_fn):
         raise TypeError(
@@ -221,15 +370,100 @@ def make_dsgd_loss(
             f"{type(correct_fn).__name__}. Pass dsgd_jax.argmax_correct or "
             "dsgd_jax.sigmoid_correct."
         )
+    kind, bound = _predicate(correct_fn)
 
     def dsgd_loss(logits, labels, *, scale, where=None, axis_name=None, **loss_kwargs):
-        correct = correct_fn(logits, labels)
-        per_example_loss = loss_fn(logits, labels, **loss_kwargs)
-        value, weights, fraction, n = _masked_mean_parts(
+        scale = _checks.scale_array(scale)
+        logits = jnp.asarray(logits)
+        try:
+            labels = jnp.asarray(labels)
+        except (TypeError, ValueError):
+            pass  # not an array: handed to correct_fn and loss_fn as it is
+        label_array = labels if isinstance(labels, jax.Array) else None
+        loss_axis = loss_kwargs.get("axis")
+        if loss_axis is not None:
+            _checks.class_axis(loss_axis, logits.shape)
+        correct_kwargs = {}
+        if kind is not None and "checked" not in bound:
+            correct_kwargs["checked"] = checked
+        axis = None  # the class axis as given, where there is one
+        if kind == "argmax":
+            axis = bound.get("axis", -1 if loss_axis is None else loss_axis)
+            if "axis" not in bound and loss_axis is not None:
+                correct_kwargs["axis"] = loss_axis  # the default predicate reads the same axis
+        elif kind is None and logits.ndim > 0:
+            axis = -1 if loss_axis is None else loss_axis
+        ax = None if axis is None else _checks.class_axis(axis, logits.shape)
+        if kind == "argmax" and loss_axis is not None:
+            if _checks.class_axis(loss_axis, logits.shape) != ax:
+                raise ValueError(
+                    f"axis={loss_axis} goes to loss_fn but correct_fn reads the classes on "
+                    f"axis={axis}; pass the same axis to both."
+                )
+
+        if where is not None:
+            where = _checks.bool_mask(where)
+            logits, label_array = _zero_masked(where, logits, label_array, ax)
+            if label_array is not None:
+                labels = label_array
+
+        # bad labels, per loss entry: counted wrong, and their loss made NaN
+        bad = None
+        if label_array is not None:
+            view_logits, view_labels = lax.stop_gradient(logits), lax.stop_gradient(label_array)
+            if kind == "argmax" and jnp.issubdtype(logits.dtype, jnp.floating):
+                bad = _softmax_labels(view_logits, view_labels, ax, axis)[1]
+            elif kind == "sigmoid" and label_array.shape == logits.shape:
+                bad = _checks.outside_unit_interval(view_labels)
+            elif (
+                kind is None
+                and ax is not None
+                and label_array.shape == logits.shape[:ax] + logits.shape[ax + 1 :]
+                and jnp.issubdtype(label_array.dtype, jnp.integer)
+            ):
+                num_classes = logits.shape[ax]
+                bad = _checks.index_out_of_range(view_labels, num_classes)
+                _checks.report_invalid(
+                    bad,
+                    view_labels,
+                    message=f"labels must be class indices in [0, {num_classes}) (logits "
+                    f"has {num_classes} classes on axis {axis})",
+                    fix="Fix the labels (or the model's number of classes), " + _MASK_FIX + ".",
+                    checked=checked,
+                )
+        if kind is None and (checked or not _checks.is_traced(lax.stop_gradient(logits))):
+            if jnp.issubdtype(logits.dtype, jnp.floating):
+                _checks.report_invalid(
+                    jnp.isnan(lax.stop_gradient(logits)),
+                    None,
+                    message="logits must not hold NaN on a valid row",
+                    fix=_NAN_FIX,
+                    checked=checked,
+                )
+
+        correct = correct_fn(logits, labels, **correct_kwargs)
+        correct = jnp.asarray(correct)
+        per_example_loss = jnp.asarray(loss_fn(logits, labels, **loss_kwargs))
+        if per_example_loss.ndim == 0 and correct.ndim > 0:
+            raise ValueError(
+                f"loss_fn returned a scalar, but DSGD needs one loss per example (correct_fn "
+                f"gave shape {correct.shape}). Pass a per-example loss such as "
+                "optax.losses.softmax_cross_entropy_with_integer_labels, not its .mean()."
+            )
+        if not jnp.issubdtype(per_example_loss.dtype, jnp.floating):
+            raise TypeError(
+                f"loss_fn must return float per-example losses, got dtype "
+                f"{per_example_loss.dtype}. Return them as floats, e.g. losses.astype(jnp.float32)."
+            )
+        if bad is not None:
+            per_example_loss = _poison(per_example_loss, bad)
+        if correct.shape == per_example_loss.shape and correct.dtype == jnp.bool_:
+            correct = correct & ~jnp.isnan(lax.stop_gradient(per_example_loss))
+        value, weights, fraction, n, valid = _masked_mean_parts(
             per_example_loss, correct, scale, where, axis_name
         )
         if has_aux:
-            return value, DSGDAux(correct, weights, fraction, n)
+            return value, DSGDAux(correct & valid, weights, fraction, n)
         return value
 
     return dsgd_loss

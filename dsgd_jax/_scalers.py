@@ -37,7 +37,13 @@ def _ramp(
 ) -> optax.Schedule:
     """The schedule ``t -> beta * curve(min(t / T, 1))``, t clipped at 0, in float32."""
     beta = _beta(beta, allow_beta_above_one)
-    total_steps = _checks.positive_int(total_steps, "total_steps")
+    total_steps = _checks.positive_int(
+        total_steps,
+        "total_steps",
+        "the number of optimizer updates over which the scale changes (with gradient "
+        "accumulation, optimizer updates, not micro-batches)",
+        "epochs * steps_per_epoch",
+    )
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         progress = jnp.clip(jnp.asarray(count).astype(jnp.float32) / total_steps, 0.0, 1.0)

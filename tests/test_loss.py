@@ -120,7 +120,7 @@ def test_value_against_numpy_with_mask():
         jnp.asarray(logits), jnp.float32(lam)
     )
     np.testing.assert_allclose(value, expected, rtol=1e-6)
-    np.testing.assert_array_equal(aux.correct, correct)
+    np.testing.assert_array_equal(aux.correct, correct & valid)  # False where masked
     np.testing.assert_allclose(aux.weights, np.where(valid, w, 0.0), rtol=1e-7)
     np.testing.assert_allclose(aux.fraction_correct, (correct & valid).sum() / valid.sum())
     assert float(aux.num_valid) == valid.sum()
