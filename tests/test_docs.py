@@ -235,3 +235,19 @@ def test_readme_probe_numbers_come_from_the_committed_files():
         assert f"{report['majority_rate']:.2%}" in README
         # The committed counts add up to the test split.
         assert sum(probe["test_prediction_counts"].values()) == report["test_examples"]
+
+
+def test_readme_counts_the_fault_tests_it_promises():
+    block = re.search(
+        r"<!-- readme:fault-test-counts -->\n(.*?)<!-- /readme:fault-test-counts -->", README, re.S
+    ).group(1)
+    counts = {}
+    for path in ("tests/examples/test_faults.py", "tests/test_bad_inputs.py"):
+        command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        out = subprocess.run(
+            [*command, path], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout
+        counts[path] = sum(1 for line in out.splitlines() if line.startswith(path + "::"))
+    text = " ".join(block.split())
+    faults, bad = counts.values()
+    assert f"collects {faults} fault tests of the examples and {bad} bad-input tests" in text

@@ -12,10 +12,10 @@ import dataclasses
 import os
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dsgd_jax.examples import distributed
+from dsgd_jax.examples import distributed, interrupt
 from dsgd_jax.examples.metrics import format_summary
 from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
 
@@ -58,6 +58,28 @@ def parse_config(
     return config, Path(workdir) if workdir is not None else config.default_workdir()
 
 
+USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError, ImportError)
+
+
+def guarded(prog: str, body: Callable[[], int], *, on_interrupt: str) -> int:
+    """Runs a command's ``body``: Ctrl-C stops it at the next step boundary (one line,
+    status 130, ``on_interrupt`` says how to continue), a user error prints one line
+    (status 2; ``DSGD_TRACEBACK=1`` re-raises it for the traceback)."""
+    try:
+        with interrupt.stop_at_step_boundary():
+            return body()
+    except (interrupt.Interrupted, KeyboardInterrupt):
+        print(f"{prog}: interrupted. {on_interrupt}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("DSGD_TRACEBACK"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        hint = "(set DSGD_TRACEBACK=1 for the traceback)"
+        print(f"{prog}: error: {message}\n{hint}", file=sys.stderr)
+        return 2
+
+
 def main(
     config_cls: type[TrainConfig],
     argv: Sequence[str] | None = None,
@@ -67,31 +89,25 @@ def main(
 ) -> int:
     """Parses ``argv``, trains, prints the summary; returns the exit status."""
     config, workdir = parse_config(config_cls, argv, prog, description)
-    try:
+
+    def body() -> int:
         config.validate()
         distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
         summary = train_and_evaluate(config, workdir)
-    except KeyboardInterrupt:
-        print(
-            f"\nInterrupted. Checkpoints of finished epochs are in {workdir}/checkpoints; "
-            "run the same command with --resume to continue.",
-            file=sys.stderr,
-        )
-        return 130
-    except (ValueError, KeyError, OSError, FloatingPointError) as e:
-        if os.environ.get("DSGD_TRACEBACK"):
-            raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        hint = "(set DSGD_TRACEBACK=1 for the traceback)"
-        print(f"{prog}: error: {message}\n{hint}", file=sys.stderr)
-        return 2
-    if not distributed.is_primary():
+        if not distributed.is_primary():
+            return 0
+        print(format_summary(summary))
+        if not summary["finished"]:
+            print(
+                f"Stopped after epoch {summary['epochs']} of {config.num_epochs}; "
+                "continue with --resume."
+            )
+        print(f"metrics: {workdir / 'metrics.jsonl'}   summary: {workdir / 'summary.json'}")
         return 0
-    print(format_summary(summary))
-    if not summary["finished"]:
-        print(
-            f"Stopped after epoch {summary['epochs']} of {config.num_epochs}; "
-            "continue with --resume."
-        )
-    print(f"metrics: {workdir / 'metrics.jsonl'}   summary: {workdir / 'summary.json'}")
-    return 0
+
+    return guarded(
+        prog,
+        body,
+        on_interrupt=f"Checkpoints of finished epochs are in {workdir}/checkpoints; run the "
+        "same command with --resume to continue.",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,8 @@ class MetricsLog:
 
     Each record has a ``kind`` ("step", "conflict" or "epoch") and an
     ``epoch``. :meth:`truncate_after` drops records of epochs later than the
-    one a run resumes from, so a resumed run's log equals an uninterrupted one.
+    one a run resumes from (and a torn last line), so a resumed run's log equals
+    an uninterrupted one.
     """
 
     def __init__(self, path: str | Path):
@@ -197,10 +199,29 @@ class MetricsLog:
                 f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a torn last line (a write cut short by a crash) is dropped with a
+        warning, a damaged line before it is an error naming the file and the line."""
         if not self.path.exists():
             return []
-        with self.path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                if number == len(lines):
+                    print(
+                        f"Warning: dropped the torn last line {number} of {self.path}.",
+                        file=sys.stderr,
+                    )
+                    break
+                raise ValueError(
+                    f"{self.path} line {number} is damaged ({e}); only a torn last line can "
+                    "be dropped. Remove the line, or start a new workdir."
+                ) from None
+        return records
 
     def truncate_after(self, epoch: int) -> None:
         """Keeps only the records of epochs ``<= epoch``."""

@@ -15,6 +15,7 @@ optimizer state and activations of one run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from dsgd_jax.examples import checkpoint as ckpt
-from dsgd_jax.examples import distributed
+from dsgd_jax.examples import distributed, files, interrupt
 from dsgd_jax.examples.data import batches
 from dsgd_jax.examples.train import (
     TrainConfig,
@@ -80,8 +81,11 @@ def train_seeds(
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     for c in configs:
         c.validate()
-    with jax.numpy_dtype_promotion("standard"):
-        return _train_seeds(configs, [Path(w).absolute() for w in workdirs])
+    workdirs = [Path(w).absolute() for w in workdirs]
+    with contextlib.ExitStack() as stack, jax.numpy_dtype_promotion("standard"):
+        for w in workdirs:
+            stack.enter_context(files.workdir_lock(w))
+        return _train_seeds(configs, workdirs)
 
 
 def _stack(trees):
@@ -119,8 +123,9 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
     data = config.load_data()
     runs = [build_run(c, data) for c in configs]
     if last_saved is not None:
-        for run, manager in zip(runs, managers, strict=True):
-            ckpt.restore(manager, last_saved, run.model, run.optimizer)
+        last_saved = _restore_common(runs, managers, last_saved)
+        if last_saved is None:  # no epoch good for every seed: start the group over
+            runs = [build_run(c, data) for c in configs]
     logs = [start_log(w, c, last_saved) for c, w in zip(configs, workdirs, strict=True)]
     steps = make_steps(config, runs[0].total_updates, runs[0].wrt)
     graphdef, _ = nnx.split((runs[0].model, runs[0].optimizer))
@@ -156,6 +161,7 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
         with progress_bar(config, spe, epoch) as bar:
             bar.set_description(f"{num} seeds, epoch {epoch}/{config.num_epochs}")
             for i, group in enumerate(zip(*iters, strict=True)):
+                interrupt.check()
                 step = (epoch - 1) * spe + i + 1
                 inputs = jax.tree.map(lambda *xs: np.stack(xs), *[g[0] for g in group])
                 labels = np.stack([g[1] for g in group])
@@ -179,7 +185,7 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
         if managers[0] is not None:
             for s, manager in enumerate(managers):
                 model, optimizer = nnx.merge(graphdef, _unstack(state, s))
-                ckpt.save(manager, epoch, model, optimizer)
+                ckpt.save(manager, epoch, model, optimizer, configs[s].to_dict())
             saved = epoch
         epochs_done = epoch
         if config.stop_after_epochs and epoch - first_epoch + 1 >= config.stop_after_epochs:
@@ -194,6 +200,32 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
         metrics = {**evals[s], "vmapped_seeds": num}
         summaries.append(write_summary(w, c, run, model, epochs_done, wall, metrics))
     return summaries
+
+
+def _restore_common(runs, managers, newest: int) -> int | None:
+    """Restores every seed at the newest epoch whose checkpoint is good for all of them.
+
+    A damaged checkpoint is named and dropped (:func:`.checkpoint.restore_latest`); the
+    seeds' newer good checkpoints above the common epoch are deleted, as that epoch
+    trains again. Returns the epoch, or None when the group starts over.
+    """
+    target: int | None = newest
+    while True:
+        restored = [
+            ckpt.restore_latest(m, r.model, r.optimizer, at_most=target)
+            for r, m in zip(runs, managers, strict=True)
+        ]
+        lowest = None if None in restored else min(restored)
+        if all(e == lowest for e in restored):
+            break
+        target = lowest
+        if target is None:
+            break
+    for manager in managers:
+        for epoch in manager.all_steps():
+            if target is None or epoch > target:
+                manager.delete(epoch)
+    return target
 
 
 def _evaluate(predict, state, data, configs) -> list[dict[str, Any]]:

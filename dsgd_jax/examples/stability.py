@@ -21,13 +21,15 @@ import json
 import os
 import platform
 import re
+import sys
 import typing
 from collections.abc import Collection, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dsgd_jax.examples import readme_blocks
+from dsgd_jax.examples import files, readme_blocks
+from dsgd_jax.examples.metrics import MetricsLog
 from dsgd_jax.examples.train import (
     _RESUME_FREE,
     METHODS,
@@ -194,7 +196,7 @@ def run_config(
 
 
 def previous_runs(
-    path: Path,
+    earlier: Mapping[str, Any] | None,
     config: TrainConfig,
     methods: Sequence[MethodSpec],
     seeds: Sequence[int],
@@ -202,23 +204,22 @@ def previous_runs(
     conflict_every: int = 0,
     trace_seeds: Collection[int] | None = None,
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """The runs of an earlier ``results.json`` that this protocol would train again.
+    """The runs of an earlier ``results.json`` (:func:`read_results_file`) that this
+    protocol would train again.
 
     A run counts when its label and seed are asked for and its settings equal the
     ones this protocol would use, so a committed ``results.json`` lets a later
     session (or machine) add seeds or methods without redoing the finished ones.
     """
-    if not path.exists():
+    if earlier is None:
         return {}
-    from dsgd_jax.examples.stability_report import load_results
-
     wanted = {
         (spec.label, seed): run_config(config, spec, seed, conflict_every, trace_seeds)
         for spec in methods
         for seed in seeds
     }
     found = {}
-    for run in load_results(path)["runs"]:
+    for run in earlier["runs"]:
         key = (run["label"], run["seed"])
         if (
             key in wanted
@@ -342,11 +343,7 @@ def collect_results(
                 else:
                     missing.append(f"{spec.label} seed {seed}")
                 continue
-            records = [
-                json.loads(line)
-                for line in (workdir / "metrics.jsonl").read_text().splitlines()
-                if line.strip()
-            ]
+            records = MetricsLog(workdir / "metrics.jsonl").read()
             summary.pop("confusion", None)
             runs.append(
                 {
@@ -428,7 +425,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
     """``python benchmarks/stability.py``: run the protocol, then write results and report."""
     import argparse
     import shlex
-    import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -454,7 +450,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report_only", action="store_true", help="no training, only results")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args, rest = parser.parse_known_args(argv)
-    try:
+    from dsgd_jax.examples.cli import guarded
+
+    def body() -> int:
         config = example_config(args.example, rest, parser.prog)
         methods = expand_methods(args.methods, type(config))
         seeds = _seeds(args.seeds)
@@ -465,7 +463,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
             "conflict_every": args.conflict_every,
             "trace_seeds": _trace_seeds(args.trace_seeds),
         }
-        previous = previous_runs(args.out / "results.json", config, methods, seeds, **trace)
+        path = args.out / "results.json"
+        earlier = read_results_file(path)
+        check_same_settings(earlier, path, args.example, config)
+        previous = previous_runs(earlier, config, methods, seeds, **trace)
         if not args.report_only:
             run_protocol(
                 config, methods, seeds, runs_dir, vmap_seeds=args.vmap, progress=args.progress,
@@ -478,26 +479,95 @@ def cli(argv: Sequence[str] | None = None) -> int:
             config, methods, seeds, runs_dir, example=args.example, command=command,
             previous=previous,
         )  # fmt: skip
-    except (ValueError, KeyError, OSError, FloatingPointError) as e:
-        if os.environ.get("DSGD_TRACEBACK"):
-            raise
-        print(
-            f"{parser.prog}: error: {e}\n(set DSGD_TRACEBACK=1 for the traceback)", file=sys.stderr
-        )
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    if not results["runs"]:
-        print(f"No finished runs under {runs_dir} yet.", file=sys.stderr)
-        return 1
-    from dsgd_jax.examples.stability_report import write_report
+        results = merge_results(earlier, results)
+        args.out.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(path, json.dumps(results, indent=1) + "\n")
+        if not results["runs"]:
+            print(f"No finished runs under {runs_dir} yet.", file=sys.stderr)
+            return 1
+        from dsgd_jax.examples.stability_report import write_report
 
-    paths = write_report(results, args.out)
-    print((args.out / "table.md").read_text())
-    if results["missing"]:
-        print(f"Not finished yet: {', '.join(results['missing'])}")
-    print(f"Wrote {args.out / 'results.json'} and {', '.join(str(p) for p in paths.values())}")
-    return 0
+        paths = write_report(results, args.out)
+        print((args.out / "table.md").read_text())
+        if results["missing"]:
+            print(f"Not finished yet: {', '.join(results['missing'])}")
+        print(f"Wrote {path} and {', '.join(str(p) for p in paths.values())}")
+        return 0
+
+    return guarded(
+        parser.prog,
+        body,
+        on_interrupt="Finished runs are kept in their workdirs, interrupted ones resume from "
+        "their last epoch: run the same command again to continue.",
+    )
+
+
+def read_results_file(path: Path) -> dict[str, Any] | None:
+    """An earlier ``results.json``, or None if there is none.
+
+    A damaged one (a write cut short, say) is moved aside to
+    ``results.json.damaged-<time>`` with a warning, never deleted, and counts as none:
+    its finished runs are found again in their workdirs.
+    """
+    from dsgd_jax.examples.stability_report import load_results
+
+    if not path.exists():
+        return None
+    try:
+        return load_results(path)
+    except ValueError as e:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        os.replace(path, aside)
+        print(
+            f"Warning: {path} is damaged ({str(e).splitlines()[0][:200]}); moved it to {aside} "
+            "and took the finished runs from their workdirs.",
+            file=sys.stderr,
+        )
+        return None
+
+
+def check_same_settings(
+    earlier: Mapping[str, Any] | None, path: Path, example: str, config: TrainConfig
+) -> None:
+    """Refuses to add to a results file of another example or other settings."""
+    if earlier is None:
+        return
+    changed = config_changes(earlier.get("base_config") or {}, config, _FREE)
+    if earlier.get("example") != example:
+        changed["example"] = (earlier.get("example"), example)
+    if changed:
+        raise ValueError(
+            f"{path} holds the results of other settings ({', '.join(sorted(changed))}); pass "
+            "another --out, or move that file away."
+        )
+
+
+def merge_results(earlier: Mapping[str, Any] | None, results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` plus every run of the ``earlier`` results file that it lacks.
+
+    A results file never shrinks: a rerun with fewer methods or seeds keeps the runs
+    it did not ask for, and their methods and seeds stay listed; the commands that
+    produced the file are all kept, the newest in ``command``.
+    """
+    if earlier is None:
+        return results
+    have = {(r["label"], r["seed"]) for r in results["runs"]}
+    kept = [r for r in earlier["runs"] if (r["label"], r["seed"]) not in have]
+    commands = [*earlier.get("commands", [earlier.get("command")]), results["command"]]
+    merged = {
+        **results,
+        "runs": results["runs"] + kept,
+        "methods": list(dict.fromkeys([*results["methods"], *earlier.get("methods", [])])),
+        "seeds": sorted({*results["seeds"], *earlier.get("seeds", [])}),
+        "missing": [m for m in results["missing"] if m not in {_key_text(r) for r in kept}],
+        "commands": list(dict.fromkeys(c for c in commands if c)),
+    }
+    return merged
+
+
+def _key_text(run: Mapping[str, Any]) -> str:
+    return f"{run['label']} seed {run['seed']}"
 
 
 README_MARKER = "readme:stability-results"

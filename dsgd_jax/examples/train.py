@@ -23,10 +23,12 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +41,7 @@ import optax
 from flax import nnx
 
 import dsgd_jax
-from dsgd_jax.examples import baselines, distributed, optimizers
+from dsgd_jax.examples import baselines, distributed, files, interrupt, optimizers
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData, batches
 from dsgd_jax.examples.metrics import MetricsLog, classification_metrics, mean_pairwise_cosine
@@ -106,7 +108,9 @@ class TrainConfig:
     grad_accum_steps: int = config_field(1, "micro-batches per optimizer update (optax.MultiSteps)")
     eval_batch_size: int = config_field(64, "examples per evaluation batch")
     seed: int = config_field(42, "seeds the head's init, dropout and the data order")
-    log_every: int = config_field(10, "steps between metric records and bar updates")
+    log_every: int = config_field(
+        10, "steps between writes of the (per-step) metrics and progress-bar updates"
+    )
     conflict_every: int = config_field(0, "log cos(g_W, g_C) every N steps; 0 = never")
     one_class_share: float = config_field(
         0.95, "share of predictions in one class that flags a run as mostly one class"
@@ -471,17 +475,46 @@ def config_changes(
     return changed
 
 
-def _check_resume_config(config: TrainConfig, workdir: Path) -> None:
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    changed = config_changes(json.loads(path.read_text()), config)
-    if changed:
-        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise ValueError(
-            f"--resume with settings that differ from the run in {workdir} ({detail}). "
+class SettingsDiffer(ValueError):
+    """A resume whose settings differ from those of the run in the workdir."""
+
+    def __init__(self, workdir: Path, changed: dict[str, tuple[Any, Any]]):
+        self.workdir, self.changed = workdir, changed
+        super().__init__(
+            f"--resume with settings that differ from the run in {workdir} ({self.detail}). "
             "Resume with the same settings, or start a new --workdir."
         )
+
+    @property
+    def detail(self) -> str:
+        return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(self.changed.items()))
+
+
+def _check_resume_config(config: TrainConfig, workdir: Path, manager=None) -> None:
+    """Refuses a resume whose settings differ from the run's own: those of its
+    ``config.json``, or, where that file is gone, those recorded with its newest
+    checkpoint; refuses one whose settings cannot be found at all."""
+    path = workdir / "config.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(
+                f"{path} is damaged ({e}); restore it, or start a new --workdir."
+            ) from None
+    else:
+        saved = ckpt.saved_config(manager) if manager is not None else None
+        if saved is None:
+            if manager is None or manager.latest_step() is None:
+                return  # nothing trained yet: a fresh start
+            raise ValueError(
+                f"{workdir} holds checkpoints but no config.json and no settings recorded "
+                "with them, so a resume cannot check its settings; restore config.json or "
+                "start a new --workdir."
+            )
+    changed = config_changes(saved, config)
+    if changed:
+        raise SettingsDiffer(workdir, changed)
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, Any]:
@@ -499,7 +532,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, An
     """
     config.validate()
     workdir = Path(workdir).absolute()
-    with jax.numpy_dtype_promotion("standard"):
+    lock = files.workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
+    with lock, jax.numpy_dtype_promotion("standard"):
         return _train(config, workdir)
 
 
@@ -519,7 +553,12 @@ def check_workdir(config: TrainConfig, workdir: Path):
             "to continue that run, or choose a new --workdir."
         )
     if config.resume:
-        _check_resume_config(config, workdir)
+        try:
+            _check_resume_config(config, workdir, manager)
+        except ValueError:
+            if manager is not None:
+                manager.close()
+            raise
     return manager, (last_saved if config.resume else None)
 
 
@@ -545,6 +584,15 @@ def build_run(config: TrainConfig, data: TaskData) -> Run:
         raise ValueError(
             f"grad_accum_steps={config.grad_accum_steps} exceeds the {steps_per_epoch} "
             f"micro-batches of {config.num_epochs} epoch(s); lower it or train longer."
+        )
+    left_over = steps_per_epoch * config.num_epochs % config.grad_accum_steps
+    if left_over and distributed.is_primary():
+        print(
+            f"Note: grad_accum_steps={config.grad_accum_steps} does not divide the "
+            f"{steps_per_epoch * config.num_epochs} micro-batches of {config.num_epochs} "
+            f"epoch(s), so the gradients of the last {left_over} never fill an update and "
+            "are not applied; pick grad_accum_steps dividing that count to use them.",
+            file=sys.stderr,
         )
     optimizer = nnx.Optimizer(model, make_optimizer(config, total_updates), wrt=wrt)
     return Run(model, optimizer, wrt, steps_per_epoch, total_updates, dropout_key)
@@ -595,10 +643,9 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
     steps = make_steps(config, run.total_updates, run.wrt)
     train_step, conflict_step, predict_step = (nnx.jit(f) for f in steps)
 
-    first_epoch = 1
-    if last_saved is not None:
-        ckpt.restore(manager, last_saved, model, optimizer)
-        first_epoch = last_saved + 1
+    if last_saved is not None:  # resume: the newest checkpoint that reads back intact
+        last_saved = ckpt.restore_latest(manager, model, optimizer)
+    first_epoch = (last_saved or 0) + 1
     log = start_log(workdir, config, last_saved) if primary else None
 
     def evaluate():
@@ -623,7 +670,7 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
                 )
             check_params_finite(model, epoch)
             if manager is not None:
-                ckpt.save(manager, epoch, model, optimizer)
+                ckpt.save(manager, epoch, model, optimizer, config.to_dict())
                 last_saved = epoch
             epochs_done = epoch
             if config.stop_after_epochs and epoch - first_epoch + 1 >= config.stop_after_epochs:
@@ -688,6 +735,7 @@ def _run_epoch(
         for i, (inputs, labels, valid) in enumerate(
             batches(data.train, config.batch_size, order=order)
         ):
+            interrupt.check()
             step = (epoch - 1) * total + i + 1
             key = jax.random.fold_in(dropout_key, step)
             batch = placement.shard((inputs, labels, valid))

@@ -186,7 +186,9 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
     _assert_same_run(tmp_path / "single", tmp_path / "multi")
     lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"kind": "epoch"' in line]) == 1
-    assert [p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()] == ["1"]
+    saved = tmp_path / "multi" / "checkpoints"
+    assert sorted(p.name for p in saved.iterdir()) == ["1", "digests.json"]
+    assert list(json.loads((saved / "digests.json").read_text())) == ["1"]  # by process 0
 
 
 def test_readme_scale_out_commands_parse():

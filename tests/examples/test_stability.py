@@ -131,5 +131,14 @@ def test_method_specs_and_errors():
 def test_runner_refuses_a_workdir_with_other_settings(tmp_path, capsys):
     assert _cli(tmp_path, "--methods=fft", "--seeds=42") == 0
     capsys.readouterr()
+    # The results file of the first command refuses other settings ...
     assert _cli(tmp_path, "--methods=fft", "--seeds=42", "--batch_size=8") == 2
-    assert "holds a run with other settings (batch_size)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "results.json" in err and "(batch_size)" in err and err.count("\n") == 2
+    # ... and so does the run's workdir, with another --out.
+    runs = tmp_path / "runs"
+    assert stability.cli(["--example=bert", f"--out={tmp_path / 'other'}", f"--runs_dir={runs}",
+                          "--no-progress", *TINY, "--methods=fft", "--seeds=42",
+                          "--batch_size=8"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "seed42" in err and "(batch_size)" in err

@@ -59,7 +59,10 @@ class BertExampleConfig(TrainConfig):
     num_epochs: int = override_default(TrainConfig, "num_epochs", 5)
     task: str = config_field("drugs", "the classification task", choices=TASKS)
     model: str = config_field(
-        "pretrained", "'pretrained' loads --checkpoint; a preset is random init", choices=MODELS
+        "pretrained",
+        "'pretrained' loads --checkpoint; a preset starts from random weights (its tokenizer "
+        "is still --checkpoint's, the bundled MiniLM-L6's by default)",
+        choices=MODELS,
     )
     checkpoint: str = config_field(
         "", "Hugging Face BERT-layout or MPNet folder; '' = bundled MiniLM-L6"
@@ -99,6 +102,11 @@ class BertExampleConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not 0 <= self.classifier_dropout < 1:
+            raise ValueError(
+                f"classifier_dropout={self.classifier_dropout} is not a dropout rate; pass a "
+                "value in [0, 1), e.g. 0.1."
+            )
         if self.task == "csv" and not (self.csv_train and self.csv_test):
             raise ValueError("task=csv needs --csv_train=<file> and --csv_test=<file>.")
 

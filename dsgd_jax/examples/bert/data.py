@@ -239,7 +239,7 @@ def _read_csv(path, columns: Sequence[str]) -> tuple[list[dict[str, str]], list[
         if missing:
             raise ValueError(
                 f"{path} has no column {missing[0]!r}; its columns are {reader.fieldnames}. "
-                "Pass text_column=, text_pair_column= or label_column= to name the right ones."
+                "Name the right ones with --text_column, --text_pair_column or --label_column."
             )
         rows, lines = [], []
         for row in reader:
@@ -267,18 +267,26 @@ def load_csv(
     """
     columns = [text_column, label_column] + ([text_pair_column] if text_pair_column else [])
     train_csv, test_csv = _read_csv(train_path, columns), _read_csv(test_path, columns)
+    for path, (rows, lines) in ((train_path, train_csv), (test_path, test_csv)):
+        for number, (row, line) in enumerate(zip(rows, lines, strict=True), start=1):
+            if not (row[label_column] or "").strip():
+                raise ValueError(
+                    f"{path} row {number} (line {line}) has no label in column "
+                    f"{label_column!r}; fill it in or drop the row."
+                )
     if class_names is None:
-        class_names = sorted({(r[label_column] or "").strip() for r in train_csv[0]})
+        class_names = sorted({r[label_column].strip() for r in train_csv[0]})
     index = {c: i for i, c in enumerate(class_names)}
     splits = []
     for path, (rows, lines) in ((train_path, train_csv), (test_path, test_csv)):
         labels = []
         for number, (row, line) in enumerate(zip(rows, lines, strict=True), start=1):
-            label = (row[label_column] or "").strip()
+            label = row[label_column].strip()
             if label not in index:
                 raise ValueError(
                     f"unknown label {label!r} in {path} row {number} (line {line}); known: "
-                    f"{list(class_names)}. Fix the row or pass class_names= listing every label."
+                    f"{list(class_names)} (the labels of the training file). Fix the row, or "
+                    "add an example of that label to the training file."
                 )
             labels.append(index[label])
         pair = tuple(r[text_pair_column] or "" for r in rows) if text_pair_column else None

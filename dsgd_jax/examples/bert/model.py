@@ -354,6 +354,20 @@ def _targets(model: BertClassifier) -> dict[str, tuple[nnx.Param, bool]]:
     return out
 
 
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file; ValueError naming the file if it is not one."""
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own SafetensorError for damaged files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({reason}); reinstall or re-download "
+            "the checkpoint."
+        ) from None
+
+
 def _canonical(name: str) -> str:
     name = name.removeprefix("bert.")
     if ".LayerNorm." in name or name.startswith("LayerNorm."):
@@ -376,12 +390,10 @@ def load_pretrained(
     the pooler when the file has none, are initialised from ``rngs``. Tensors the model
     has no place for (``position_ids``, task heads) are ignored.
     """
-    from safetensors.numpy import load_file
-
     folder = check_checkpoint_folder(folder)
     config = BertConfig.from_json(folder / "config.json")
     source = folder / "model.safetensors"
-    tensors = {_canonical(k): v for k, v in load_file(source).items()}
+    tensors = {_canonical(k): v for k, v in read_safetensors(source).items()}
     # Build without initialising (every encoder tensor gets overwritten), then give the
     # head, and the pooler when the file has none, real values from ``rngs``.
     model = nnx.eval_shape(

@@ -70,6 +70,7 @@ from dsgd_jax.examples.bert.model import (
     add_norm,
     check_checkpoint_folder,
     copy_into,
+    read_safetensors,
 )
 from dsgd_jax.examples.nn import check_config, float32_norm, from_hf_config, from_preset
 
@@ -328,12 +329,10 @@ def load_pretrained_mpnet(
     (``MPNetForMaskedLM``), are initialised from ``rngs``. Tensors the model has no
     place for (``embeddings.position_ids``, ``lm_head.*``) are ignored.
     """
-    from safetensors.numpy import load_file
-
     folder = check_checkpoint_folder(folder)
     config = MPNetConfig.from_json(folder / "config.json")
     source = folder / "model.safetensors"
-    tensors = {k.removeprefix("mpnet."): v for k, v in load_file(source).items()}
+    tensors = {k.removeprefix("mpnet."): v for k, v in read_safetensors(source).items()}
     model = nnx.eval_shape(
         lambda: MPNetClassifier(
             config,

@@ -213,7 +213,7 @@ class PretrainConfig(ViTExampleConfig):
 
 def run_pretraining(finetune: ViTExampleConfig, workdir: Path) -> dict:
     """Pretrains the fine-tuning run's model on its ``pretrain_dataset`` into ``workdir``."""
-    from dsgd_jax.examples.train import train_and_evaluate
+    from dsgd_jax.examples.train import SettingsDiffer, train_and_evaluate
 
     config = PretrainConfig(
         dataset=finetune.pretrain_dataset,
@@ -223,4 +223,10 @@ def run_pretraining(finetune: ViTExampleConfig, workdir: Path) -> dict:
         progress=finetune.progress,
         resume=True,  # an interrupted pretraining continues
     )
-    return train_and_evaluate(config, workdir)
+    try:
+        return train_and_evaluate(config, workdir)
+    except SettingsDiffer as e:
+        raise ValueError(
+            f"{workdir} holds another run than the pretraining this fine-tuning needs "
+            f"({e.detail}); pass another --pretrain_workdir, or move that folder away."
+        ) from None
