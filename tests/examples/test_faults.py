@@ -270,6 +270,28 @@ def test_ctrl_c_stops_a_run_at_a_step_boundary(tmp_path, capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.parametrize("after", [0.0, 2.0, 4.0])
+def test_ctrl_c_to_a_real_process_never_crashes_or_is_ignored(tmp_path, after):
+    """SIGINT to ``python -m dsgd_jax.examples.bert`` at several moments once it has
+    locked its workdir (compiling, training, evaluating): it ends with 130 and one
+    line, never a crash (a negative status), never a run that trains on."""
+    import time
+
+    command = [sys.executable, "-m", "dsgd_jax.examples.bert", *TINY, "--num_epochs=30",
+               f"--workdir={tmp_path}", "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / files.LOCK_NAME).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err
+    epochs = [r["epoch"] for r in MetricsLog(tmp_path / "metrics.jsonl").read()]
+    assert not epochs or max(epochs) < 30  # it stopped, it did not train to the end
+
+
 def test_ctrl_c_handler_only_sets_a_flag():
     with interrupt.stop_at_step_boundary():
         interrupt.check()  # nothing pressed yet
