@@ -129,6 +129,14 @@ def protocol_argv(entry: dict, out: Path) -> list[str]:
     ]
 
 
+def describe(factors: list[str]) -> str:
+    """The factors in words; the four of ``FAIL`` together read as "failure recipe"."""
+    if set(FAIL) <= set(factors):
+        rest = [FACTORS[f][0] for f in factors if f not in FAIL]
+        return ", ".join(["failure recipe (BERTAdam, no warm-up, 5 x 2, no clipping)", *rest])
+    return ", ".join(FACTORS[f][0] for f in factors) or "stable recipe"
+
+
 def summarize(entry: dict, results: dict) -> dict:
     """One table row: failures of 3, accuracies and their spread, from ``results.json``."""
     labels = results["test_labels"]
@@ -138,7 +146,7 @@ def summarize(entry: dict, results: dict) -> dict:
     failed = sum(f["failed"] for f in flags)
     return {
         "name": entry["name"],
-        "factors": ", ".join(FACTORS[f][0] for f in entry["factors"]) or "stable recipe",
+        "factors": describe(entry["factors"]),
         "learning_rate": results["base_config"]["learning_rate"],
         "seeds": len(runs),
         "failed": failed,
@@ -199,8 +207,9 @@ def plot(rows: list[dict], path: Path) -> Path:
 MARKER = "readme:pilot"
 
 
-def verdict(rows: list[dict]) -> str:
-    """What the pilot found, in plain sentences generated from its rows."""
+def verdict(rows: list[dict], pending: list[str] = ()) -> str:
+    """What the pilot found, in plain sentences generated from its rows; ``pending``
+    names the settings that have not run yet."""
     bimodal = [r["name"] for r in rows if r["bimodal"]]
     every = [r["name"] for r in rows if r["failed"] == r["seeds"]]
     none = [r for r in rows if r["failed"] == 0]
@@ -216,10 +225,12 @@ def verdict(rows: list[dict]) -> str:
     if every:
         lines.append(f"It fails on all 3 in {len(every)}: " + ", ".join(every) + ".")
     lines.append(f"It fails on none in {len(none)}.")
+    if pending:
+        lines.append(f"Not run yet ({len(pending)}): " + ", ".join(pending) + ".")
     return " ".join(lines)
 
 
-def readme_text(rows: list[dict], out: Path) -> str:
+def readme_text(rows: list[dict], out: Path, pending: list[str] = ()) -> str:
     """The README's pilot block: the command, the table, the verdict and the plot."""
     return "\n".join(
         [
@@ -231,7 +242,7 @@ def readme_text(rows: list[dict], out: Path) -> str:
             "",
             markdown(rows).strip(),
             "",
-            verdict(rows),
+            verdict(rows, pending),
             "",
             f"![FFT pilot: accuracy per seed minus the majority rate]({out.as_posix()}/pilot.png)",
             f"<!-- /{MARKER} -->",
@@ -242,11 +253,13 @@ def readme_text(rows: list[dict], out: Path) -> str:
 def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[dict]:
     """Writes ``table.md``, ``pilot.json`` and ``pilot.png`` from the finished settings,
     and the pilot block of ``readme`` if given."""
-    rows = []
+    rows, pending = [], []
     for entry in settings:
         path = out / entry["name"] / "results.json"
         if path.exists():
             rows.append(summarize(entry, load_results(path)))
+        else:
+            pending.append(entry["name"])
     if not rows:
         return rows
     (out / "table.md").write_text(markdown(rows))
@@ -255,7 +268,7 @@ def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[
     if readme is not None:
         from dsgd_jax.examples.readme_blocks import fill_block
 
-        fill_block(readme, MARKER, readme_text(rows, out))
+        fill_block(readme, MARKER, readme_text(rows, out, pending))
     return rows
 
 
