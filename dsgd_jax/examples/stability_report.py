@@ -748,12 +748,24 @@ _EXAMPLE_NAMES = {"bert": "BERT", "vit": "ViT"}
 
 
 def setting_label(results: Mapping[str, Any]) -> str:
-    """A short name of a protocol run's setting: example, task, length, learning rate.
+    """A short name of a protocol run's setting: example, task, length, learning rate,
+    and where the optimizer recipe leaves the stable one (bias-corrected AdamW,
+    warm-up, clipping, no accumulation), how; all four changes together read as
+    "failure recipe".
 
     Examples:
       >>> setting_label({"example": "bert", "task": "drugs",
       ...                "base_config": {"max_length": 64, "learning_rate": 1e-4}})
       'BERT · drugs · 64 tokens · lr 1e-4'
+      >>> setting_label({"example": "bert", "task": "tweets2",
+      ...                "base_config": {"max_length": 64, "learning_rate": 1.5e-4,
+      ...                                "optimizer": "bertadam", "warmup_ratio": 0.0,
+      ...                                "batch_size": 5, "grad_accum_steps": 2,
+      ...                                "max_grad_norm": 0.0}})
+      'BERT · tweets2 · 64 tokens · lr 1.5e-4 · failure recipe'
+      >>> setting_label({"example": "vit", "task": "mnist",
+      ...                "base_config": {"learning_rate": 2e-3, "warmup_ratio": 0.0}})
+      'ViT · mnist · lr 2e-3 · no warm-up'
     """
     config = results.get("base_config") or {}
     parts = [_example_name(results), str(results.get("task", "?"))]
@@ -761,6 +773,16 @@ def setting_label(results: Mapping[str, Any]) -> str:
         parts.append(f"{config['max_length']} tokens")
     if "learning_rate" in config:
         parts.append(f"lr {format_lr(config['learning_rate'])}")
+    recipe = []
+    if config.get("optimizer", "adamw") != "adamw":
+        recipe.append("BERTAdam" if config["optimizer"] == "bertadam" else config["optimizer"])
+    if config.get("warmup_ratio") == 0:
+        recipe.append("no warm-up")
+    if config.get("grad_accum_steps", 1) > 1:
+        recipe.append(f"batch {config.get('batch_size', '?')} x {config['grad_accum_steps']}")
+    if config.get("max_grad_norm") == 0:
+        recipe.append("no clipping")
+    parts += ["failure recipe"] if len(recipe) == 4 else recipe
     return " · ".join(parts)
 
 
