@@ -31,6 +31,7 @@ from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples import distributed, files, interrupt
 from dsgd_jax.examples.data import batches
 from dsgd_jax.examples.train import (
+    CompletedSteps,
     TrainConfig,
     build_run,
     check_finite,
@@ -160,6 +161,7 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
         pending: list[tuple[int, dict[str, jax.Array]]] = []
         with progress_bar(config, spe, epoch) as bar:
             bar.set_description(f"{num} seeds, epoch {epoch}/{config.num_epochs}")
+            done = CompletedSteps(bar)
             for i, group in enumerate(zip(*iters, strict=True)):
                 interrupt.check()
                 step = (epoch - 1) * spe + i + 1
@@ -174,9 +176,10 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
                         log.write([{"kind": "conflict", "epoch": epoch, "step": step, **record}])
                 state, metrics = train(state, inputs, labels, valid, keys)
                 pending.append((step, metrics))
+                done.dispatched(metrics)
                 if len(pending) >= config.log_every:
                     _flush(pending, logs, epoch, saved, bar)
-                bar.update(1)
+            done.finish()
             _flush(pending, logs, epoch, saved, bar)
         evals = _evaluate(predict, state, data, configs)
         for log, metrics in zip(logs, evals, strict=True):

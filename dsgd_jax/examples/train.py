@@ -457,6 +457,36 @@ def progress_bar(config: TrainConfig, total: int, epoch: int, show: bool = True)
     )
 
 
+class CompletedSteps:
+    """Advances a progress bar by completed steps, not dispatched ones.
+
+    Under JAX's asynchronous dispatch a loop returns from a step as soon as it is
+    queued, so a bar advanced per call runs ahead of the computation and then
+    stalls at the next read-back. ``dispatched(output)`` is called with each new
+    step's output: it waits for the step before it (one step stays in flight, so
+    the host still prepares the next batch while the device computes) and only
+    then advances the bar; ``finish()`` waits for the last one.
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+        self._in_flight = None
+
+    def dispatched(self, output) -> None:
+        if self._in_flight is not None:
+            self._complete()
+        self._in_flight = output
+
+    def finish(self) -> None:
+        if self._in_flight is not None:
+            self._complete()
+
+    def _complete(self) -> None:
+        jax.block_until_ready(self._in_flight)
+        self._in_flight = None
+        self.bar.update(1)
+
+
 def config_changes(
     saved: dict[str, Any], config: TrainConfig, free: tuple[str, ...] = _RESUME_FREE
 ) -> dict[str, tuple[Any, Any]]:
@@ -731,6 +761,7 @@ def _run_epoch(
             )
         pending.clear()
 
+    done = CompletedSteps(bar)
     with bar:
         for i, (inputs, labels, valid) in enumerate(
             batches(data.train, config.batch_size, order=order)
@@ -747,7 +778,8 @@ def _run_epoch(
                          | {k: float(v) for k, v in stats.items()}]
                     )  # fmt: skip
             pending.append((step, train_step(model, optimizer, *batch, key)))
+            done.dispatched(pending[-1][1])
             if len(pending) >= config.log_every:
                 flush()
-            bar.update(1)
+        done.finish()
         flush()

@@ -218,3 +218,70 @@ def test_conflict_logging_does_not_change_training(tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(x, y)
+
+
+class _Step:
+    """A fake step output that records when the loop waits for it."""
+
+    def __init__(self, index, waited):
+        self.index, self.waited = index, waited
+
+    def block_until_ready(self):
+        self.waited.append(self.index)
+        return self
+
+
+class _Bar:
+    def __init__(self, waited):
+        self.n, self.waited, self.seen = 0, waited, []
+
+    def update(self, k):
+        self.n += k
+        self.seen.append(list(self.waited))
+
+
+def test_progress_counts_completed_steps_with_one_in_flight():
+    from dsgd_jax.examples.train import CompletedSteps
+
+    waited: list[int] = []
+    bar = _Bar(waited)
+    done = CompletedSteps(bar)
+    for i in range(5):
+        done.dispatched({"loss": _Step(i, waited)})
+        # The bar stands at the steps before the newest: that one may still run.
+        assert bar.n == i and waited == list(range(i))
+    done.finish()
+    assert bar.n == 5 and waited == [0, 1, 2, 3, 4]
+    # Each advance came after the step it counts was waited for.
+    assert bar.seen == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    done.finish()  # nothing in flight: no more advances
+    assert bar.n == 5
+
+
+def test_progress_bar_of_a_real_run_ends_at_the_epochs_steps(tmp_path, monkeypatch):
+    from dsgd_jax.examples import train as train_lib
+
+    bars = []
+
+    class Recording:
+        def __init__(self, config, total, epoch, show=True):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(train_lib, "progress_bar", Recording)
+    config = _config(num_epochs=2)
+    train_and_evaluate(config, tmp_path / "run")
+    assert [b.n for b in bars] == [b.total for b in bars] and len(bars) == 2
+    assert bars[0].total > 1
