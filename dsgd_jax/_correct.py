@@ -22,11 +22,25 @@ _NAN_FIX = (
 )
 
 
-def _softmax_labels(logits: jax.Array, labels: jax.Array, axis: int, given_axis) -> tuple:
-    """(target class, bad-label flags, bad label entries, their values, message, fix).
+def _class_index_text(num_classes: int, given_axis) -> tuple[str, str]:
+    """The message and fix of an error about integer labels outside [0, num_classes)."""
+    message = (
+        f"labels must be class indices in [0, {num_classes}) (logits has {num_classes} "
+        f"classes on axis {given_axis})"
+    )
+    fix = (
+        "Fix the labels (or the model's number of classes), "
+        + _MASK_FIX
+        + ", e.g. where=labels >= 0 for -100 padding."
+    )
+    return message, fix
 
-    ``target`` and the flags have the batch shape; the bad entries and values
-    have the labels' shape (for the error message).
+
+def _softmax_labels(logits: jax.Array, labels: jax.Array, axis: int, given_axis) -> tuple:
+    """(target class, bad rows, bad label entries, message, fix).
+
+    ``target`` and the bad rows have the batch shape; the bad entries have the
+    labels' shape (the labels hold their values, for the error message).
     """
     num_classes = logits.shape[axis]
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
@@ -45,17 +59,7 @@ def _softmax_labels(logits: jax.Array, labels: jax.Array, axis: int, given_axis)
                 f"pass one-hot labels of the logits' shape {logits.shape}."
             )
         bad = _checks.index_out_of_range(labels, num_classes)
-        message = (
-            f"labels must be class indices in [0, {num_classes}) (logits has {num_classes} "
-            f"classes on axis {given_axis})"
-        )
-        fix = (
-            "Fix the labels (or the model's number of classes), "
-            + _MASK_FIX
-            + ", e.g. where=labels >= 0 for -100 padding"
-            + "."
-        )
-        return labels, bad, bad, message, fix
+        return labels, bad, bad, *_class_index_text(num_classes, given_axis)
     raise ValueError(
         f"labels has shape {labels.shape}, which fits neither integer labels (shape "
         f"{batch_shape}, the logits' shape {logits.shape} without axis {given_axis}) nor "

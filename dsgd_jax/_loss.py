@@ -20,7 +20,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from dsgd_jax import _checks
-from dsgd_jax._correct import _MASK_FIX, _NAN_FIX, _softmax_labels, argmax_correct, sigmoid_correct
+from dsgd_jax._correct import (
+    _NAN_FIX,
+    _class_index_text,
+    _softmax_labels,
+    argmax_correct,
+    sigmoid_correct,
+)
 
 
 class DSGDAux(NamedTuple):
@@ -423,14 +429,8 @@ def make_dsgd_loss(
             ):
                 num_classes = logits.shape[ax]
                 bad = _checks.index_out_of_range(view_labels, num_classes)
-                _checks.report_invalid(
-                    bad,
-                    view_labels,
-                    message=f"labels must be class indices in [0, {num_classes}) (logits "
-                    f"has {num_classes} classes on axis {axis})",
-                    fix="Fix the labels (or the model's number of classes), " + _MASK_FIX + ".",
-                    checked=checked,
-                )
+                message, fix = _class_index_text(num_classes, axis)
+                _checks.report_invalid(bad, view_labels, message=message, fix=fix, checked=checked)
         if kind is None and (checked or not _checks.is_traced(lax.stop_gradient(logits))):
             if jnp.issubdtype(logits.dtype, jnp.floating):
                 _checks.report_invalid(
