@@ -151,9 +151,8 @@ def save(
         ) from e
     if jax.process_index() != 0:
         return
-    digests = {
-        k: v for k, v in _read_digests(manager).items() if int(k) in set(manager.all_steps())
-    }
+    kept = set(manager.all_steps())
+    digests = {k: v for k, v in _read_digests(manager).items() if int(k) in kept}
     digests[str(epoch)] = {"sha256": tree_digest(tree), "config": config}
     files.write_atomic(_digests_path(manager), json.dumps(digests, indent=1) + "\n")
 

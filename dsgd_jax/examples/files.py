@@ -87,15 +87,15 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
                         f"{workdir} is locked by process {pid} on {host} ({path}); wait for "
                         "that run, or delete the lock file if it is no longer running."
                     ) from None
-                if _alive(pid) and pid != os.getpid():
-                    raise WorkdirBusy(
-                        f"{workdir} is in use by process {pid}; wait for that run to end, "
-                        "or pass another --workdir."
-                    ) from None
                 if pid == os.getpid():
                     raise WorkdirBusy(
                         f"{workdir} is already in use by this process; give each run its "
                         "own --workdir."
+                    ) from None
+                if _alive(pid):
+                    raise WorkdirBusy(
+                        f"{workdir} is in use by process {pid}; wait for that run to end, "
+                        "or pass another --workdir."
                     ) from None
                 print(
                     f"Taking over the lock of {workdir} from process {pid}, which is no "

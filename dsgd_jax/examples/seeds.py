@@ -33,6 +33,7 @@ from dsgd_jax.examples.data import batches
 from dsgd_jax.examples.train import (
     CompletedSteps,
     TrainConfig,
+    announce_left_over,
     build_run,
     check_finite,
     check_workdir,
@@ -123,6 +124,7 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
     config = configs[0]
     data = config.load_data()
     runs = [build_run(c, data) for c in configs]
+    announce_left_over(config, runs[0].steps_per_epoch)
     if last_saved is not None:
         last_saved = _restore_common(runs, managers, last_saved)
         if last_saved is None:  # no epoch good for every seed: start the group over

@@ -341,7 +341,7 @@ def collect_results(
                 if previous and (spec.label, seed) in previous:
                     runs.append(previous[(spec.label, seed)])
                 else:
-                    missing.append(f"{spec.label} seed {seed}")
+                    missing.append(_run_name(spec.label, seed))
                 continue
             records = MetricsLog(workdir / "metrics.jsonl").read()
             summary.pop("confusion", None)
@@ -554,20 +554,22 @@ def merge_results(earlier: Mapping[str, Any] | None, results: dict[str, Any]) ->
         return results
     have = {(r["label"], r["seed"]) for r in results["runs"]}
     kept = [r for r in earlier["runs"] if (r["label"], r["seed"]) not in have]
+    kept_names = {_run_name(r["label"], r["seed"]) for r in kept}
     commands = [*earlier.get("commands", [earlier.get("command")]), results["command"]]
     merged = {
         **results,
         "runs": results["runs"] + kept,
         "methods": list(dict.fromkeys([*results["methods"], *earlier.get("methods", [])])),
         "seeds": sorted({*results["seeds"], *earlier.get("seeds", [])}),
-        "missing": [m for m in results["missing"] if m not in {_key_text(r) for r in kept}],
+        "missing": [m for m in results["missing"] if m not in kept_names],
         "commands": list(dict.fromkeys(c for c in commands if c)),
     }
     return merged
 
 
-def _key_text(run: Mapping[str, Any]) -> str:
-    return f"{run['label']} seed {run['seed']}"
+def _run_name(label: str, seed: int) -> str:
+    """A run as ``results.json``'s ``missing`` list names it: ``"dsgd seed 42"``."""
+    return f"{label} seed {seed}"
 
 
 README_MARKER = "readme:stability-results"

@@ -109,7 +109,7 @@ class TrainConfig:
     eval_batch_size: int = config_field(64, "examples per evaluation batch")
     seed: int = config_field(42, "seeds the head's init, dropout and the data order")
     log_every: int = config_field(
-        10, "steps between writes of the (per-step) metrics and progress-bar updates"
+        10, "steps between writes of the per-step metrics (and of the bar's loss readout)"
     )
     conflict_every: int = config_field(0, "log cos(g_W, g_C) every N steps; 0 = never")
     one_class_share: float = config_field(
@@ -567,6 +567,21 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, An
         return _train(config, workdir)
 
 
+def announce_left_over(config: TrainConfig, steps_per_epoch: int) -> None:
+    """Says at start when the last accumulation window never fills (its gradients are
+    then not applied); once per run, or per vmapped group of seeds."""
+    micro_batches = steps_per_epoch * config.num_epochs
+    left_over = micro_batches % config.grad_accum_steps
+    if left_over and distributed.is_primary():
+        print(
+            f"Note: grad_accum_steps={config.grad_accum_steps} does not divide the "
+            f"{micro_batches} micro-batches of {config.num_epochs} "
+            f"epoch(s), so the gradients of the last {left_over} never fill an update and "
+            "are not applied; pick grad_accum_steps dividing that count to use them.",
+            file=sys.stderr,
+        )
+
+
 def check_workdir(config: TrainConfig, workdir: Path):
     """Opens the checkpoint manager of ``workdir`` (or None) and the epoch to resume from.
 
@@ -615,15 +630,6 @@ def build_run(config: TrainConfig, data: TaskData) -> Run:
             f"grad_accum_steps={config.grad_accum_steps} exceeds the {steps_per_epoch} "
             f"micro-batches of {config.num_epochs} epoch(s); lower it or train longer."
         )
-    left_over = steps_per_epoch * config.num_epochs % config.grad_accum_steps
-    if left_over and distributed.is_primary():
-        print(
-            f"Note: grad_accum_steps={config.grad_accum_steps} does not divide the "
-            f"{steps_per_epoch * config.num_epochs} micro-batches of {config.num_epochs} "
-            f"epoch(s), so the gradients of the last {left_over} never fill an update and "
-            "are not applied; pick grad_accum_steps dividing that count to use them.",
-            file=sys.stderr,
-        )
     optimizer = nnx.Optimizer(model, make_optimizer(config, total_updates), wrt=wrt)
     return Run(model, optimizer, wrt, steps_per_epoch, total_updates, dropout_key)
 
@@ -667,6 +673,7 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
     manager, last_saved = check_workdir(config, workdir)
     data = config.load_data()
     run = build_run(config, data)
+    announce_left_over(config, run.steps_per_epoch)
     model, optimizer = run.model, run.optimizer
     _replicate(placement, model, optimizer)
     dropout_key = placement.replicate(run.dropout_key)
