@@ -1,7 +1,8 @@
 """Test-wide settings, applied before any test or doctest runs JAX.
 
-8 fake CPU devices for the data-parallel tests, a deterministic hypothesis
-profile, and a persistent compilation cache for the session: the tests compile
+8 fake CPU devices for the data-parallel tests, ``benchmarks/`` on the path (for
+its ``_lib``), a deterministic hypothesis profile, and a persistent compilation
+cache for the session: the tests compile
 the same tiny models' steps many times (in this process, in the processes they
 start and in the notebooks' kernels), and a cache hit returns the very program
 XLA compiled the first time. Each pytest-xdist worker keeps its own cache
@@ -11,11 +12,16 @@ promotion for the unit tests is in tests/conftest.py.
 
 import atexit
 import os
+import pathlib
 import shutil
+import sys
 import tempfile
 
 import jax
 from hypothesis import settings
+
+# The benchmarks' library (benchmarks/_lib), imported as the scripts import it.
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "benchmarks"))
 
 jax.config.update("jax_num_cpu_devices", 8)
 

@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from dsgd_jax.examples.probe import probe_report
+from _lib.probe import probe_report
+
 from dsgd_jax.examples.stability import EXAMPLES, example_config, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "frozen_probe"

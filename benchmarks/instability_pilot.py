@@ -33,9 +33,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _lib.overview import format_lr
 
 from dsgd_jax.examples import stability
-from dsgd_jax.examples.stability_report import format_lr, load_results, run_failures
+from dsgd_jax.examples.stability_stats import load_results, run_failures
 
 OUT = Path("benchmarks/results/pilot")  # run from the repository root
 SEEDS = "3"
@@ -266,7 +267,7 @@ def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[
     (out / "pilot.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, out / "pilot.png")
     if readme is not None:
-        from dsgd_jax.examples.readme_blocks import fill_block
+        from _lib.readme import fill_block
 
         fill_block(readme, MARKER, readme_text(rows, out, pending))
     return rows

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "mechanism.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, OUT / "mechanism.png")
-    from dsgd_jax.examples.readme_blocks import fill_block
+    from _lib.readme import fill_block
 
     fill_block(Path("README.md"), MARKER, readme_text(result))
     runs = result["runs"]

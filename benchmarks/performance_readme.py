@@ -9,7 +9,7 @@ that the README's section equals what this writes.
 import sys
 from pathlib import Path
 
-from dsgd_jax.examples.overhead import update_readme
+from _lib.overhead_readme import update_readme
 
 if __name__ == "__main__":
     print(update_readme(Path(__file__).resolve().parents[1]))

@@ -6,7 +6,7 @@
     python benchmarks/step_overhead.py --configs=bert-base --variants=adamw,adamw-copy,dsgd
 
 Each config's four variants (``adamw``, ``dsgd``, ``dsgd+diagnostics``,
-``pcgrad``; see :mod:`dsgd_jax.examples.overhead`) are compiled and warmed up
+``pcgrad``; see ``benchmarks/_lib/overhead.py``) are compiled and warmed up
 first, then timed in interleaved rounds (A B C D, B C D A, ...) in this one
 process; ``--variants`` picks some of them, and ``adamw-copy`` adds the AdamW
 step compiled a second time, a control that shows what the benchmark reads for
@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 import jax
+from _lib import overhead
 
-from dsgd_jax.examples import overhead
 from dsgd_jax.examples.stability import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_overhead"

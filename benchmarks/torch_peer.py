@@ -4,11 +4,11 @@
     python benchmarks/torch_peer.py --quick            # tiny BERT, batch 8 x 32, 5 rounds
     python benchmarks/torch_peer.py --device=cuda --threads=8 --out=/tmp/peer
 
-Builds the BERT example's model (``dsgd_jax.examples.overhead``, random weights,
+Builds the BERT example's model (``benchmarks/_lib/overhead.py``, random weights,
 a random batch with half the examples padded to half length) and a PyTorch
 ``nn.Module`` of the same architecture, copies the JAX weights into it and checks
 in eval mode that both give the same logits (and the same DSGD loss). Then times
-four train steps in interleaved rounds (``dsgd_jax.examples.timing``):
+four train steps in interleaved rounds (``benchmarks/_lib/timing.py``):
 
 - ``jax_adamw``, ``jax_dsgd``: ``overhead.prepare(spec, "adamw" | "dsgd")``, the
   compiled JAX steps (masked-mean cross-entropy / the examples' DSGD step; global-norm
@@ -47,11 +47,11 @@ import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
+from _lib import overhead, timing
 from flax import nnx, traverse_util
 from torch import nn
 
 import dsgd_jax
-from dsgd_jax.examples import overhead, timing
 from dsgd_jax.examples.bert.model import BertConfig
 from dsgd_jax.examples.stability import machine_info
 from dsgd_jax.examples.train import TrainConfig
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         choices=BERT_CONFIGS,
         default=None,
-        help="model config of dsgd_jax.examples.overhead.CONFIGS (BERT ones); "
+        help="model config of benchmarks/_lib/overhead.py's CONFIGS (BERT ones); "
         "default minilm-l6, bert-tiny with --quick",
     )
     parser.add_argument(

@@ -124,11 +124,11 @@ def test_readme_results_come_from_the_committed_runs(example):
 
 
 def test_readme_stability_results_come_from_the_committed_files():
-    from dsgd_jax.examples import stability
+    from _lib import stability_readme
 
-    section = stability.readme_section(stability.results_folders(ROOT), ROOT)
+    section = stability_readme.readme_section(stability_readme.results_folders(ROOT), ROOT)
     assert section in README, "run python benchmarks/stability_readme.py"
-    for folder in stability.results_folders(ROOT):
+    for folder in stability_readme.results_folders(ROOT):
         results = json.loads((folder / "results.json").read_text())
         # Every committed run is a real, finished run with its predictions.
         labels = np.array(results["test_labels"])
@@ -138,16 +138,17 @@ def test_readme_stability_results_come_from_the_committed_files():
             assert run["accuracy"] == pytest.approx(accuracy)
         for plot in ("seed_accuracy.png", "epoch_curves.png"):
             assert (folder / plot).exists()
-    assert (ROOT / stability.OVERVIEW_PLOT).exists(), "run python benchmarks/stability_readme.py"
+    assert (ROOT / stability_readme.OVERVIEW_PLOT).exists(), (
+        "run python benchmarks/stability_readme.py"
+    )
 
 
 def _overview_rows() -> list[dict]:
     """The README overview's rows, recomputed from the committed stability results."""
-    from dsgd_jax.examples import stability
-    from dsgd_jax.examples import stability_report as sr
+    from _lib import overview, stability_readme
 
-    settings = stability.load_settings(stability.results_folders(ROOT))
-    return sr.overview_rows([results for _, results in settings])
+    settings = stability_readme.load_settings(stability_readme.results_folders(ROOT))
+    return overview.overview_rows([results for _, results in settings])
 
 
 def test_readme_says_where_the_baselines_ran_as_the_committed_files_do():
@@ -175,7 +176,7 @@ def test_readme_says_where_the_baselines_ran_as_the_committed_files_do():
 
 
 def test_readme_performance_results_come_from_the_committed_files():
-    from dsgd_jax.examples import overhead
+    from _lib import overhead_readme as overhead
 
     assert overhead.readme_section(ROOT) in README, "run python benchmarks/performance_readme.py"
     for path in overhead.results_files(ROOT):
@@ -188,7 +189,7 @@ def test_readme_performance_results_come_from_the_committed_files():
 
 
 def test_readme_explains_the_bert_base_runs_from_the_committed_files():
-    from dsgd_jax.examples import overhead
+    from _lib import overhead_readme as overhead
 
     folder = ROOT / "benchmarks/results/step_overhead"
     first, second = (

@@ -453,7 +453,7 @@ def test_lora_on_mpnet_trains_adapters_head_and_pooler(folder, tmp_path):
 
 
 def test_frozen_probe_reads_features_and_head_input(model):
-    from dsgd_jax.examples.probe import frozen_representations
+    from _lib.probe import frozen_representations
 
     ids, mask = _batch()
     reps = frozen_representations(model, {"input_ids": ids, "attention_mask": mask}, batch_size=2)

@@ -9,8 +9,7 @@ import re
 import numpy as np
 import pytest
 from _helpers import load_benchmark
-
-from dsgd_jax.examples import overhead, timing
+from _lib import overhead, overhead_readme, timing
 
 
 def _script():
@@ -107,7 +106,7 @@ def test_verdict_reads_the_control_and_the_interval():
             }
         },
     }
-    text = overhead.verdict(result)
+    text = overhead_readme.verdict(result)
     assert "DSGD/AdamW 1.050 (misses the CPU target 1.02;" in text
     assert "[1.030, 1.070], excludes 1" in text
     assert "XLA flops DSGD/AdamW 1.0000" in text

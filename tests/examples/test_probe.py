@@ -1,4 +1,4 @@
-"""Frozen-feature linear probes (dsgd_jax.examples.probe, benchmarks/frozen_probe.py)."""
+"""Frozen-feature linear probes (benchmarks/_lib/probe.py, benchmarks/frozen_probe.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _lib import probe
 from flax import nnx
 
-from dsgd_jax.examples import probe
 from dsgd_jax.examples.bert.config import BertExampleConfig
 from dsgd_jax.examples.bert.model import BertClassifier, BertConfig
 from dsgd_jax.examples.vit.config import ResizeInputs

@@ -40,8 +40,10 @@ import math
 
 import numpy as np
 import pytest
+from _lib import overview, stability_readme
 
 from dsgd_jax.examples import stability_report as sr
+from dsgd_jax.examples import stability_stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEST_LABELS = [0, 1, 2, 0, 1, 2]
@@ -148,15 +150,15 @@ def test_hand_made_accuracies_match_predictions():
 def test_load_results(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(_results()))
-    assert sr.load_results(path) == _results()
+    assert stability_stats.load_results(path) == _results()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"runs": []}))
     with pytest.raises(ValueError, match=r"bad\.json.*'test_labels'"):
-        sr.load_results(bad)
+        stability_stats.load_results(bad)
 
 
 def test_method_stats():
-    stats = sr.method_stats(_results())
+    stats = stability_stats.method_stats(_results())
     assert list(stats) == ["fft", "dsgd", "focal"]  # order of first appearance
     fft = stats["fft"]
     assert fft["n"] == 4
@@ -198,40 +200,40 @@ def test_majority_vote_ties_go_to_the_lowest_class():
     )
     # Columns: 2 wins 2:1:1; 0 wins 2:1:1; 1 and 2 tie 2:2 -> 1; 1 wins 2:1:1;
     # 1 and 0 tie 2:2 -> 0.
-    np.testing.assert_array_equal(sr.majority_vote(predictions, 3), [2, 0, 1, 1, 0])
-    np.testing.assert_array_equal(sr.majority_vote([[3, 0], [1, 2]], 4), [1, 0])
-    np.testing.assert_array_equal(sr.majority_vote([[2, 0, 1]], 3), [2, 0, 1])
+    np.testing.assert_array_equal(stability_stats.majority_vote(predictions, 3), [2, 0, 1, 1, 0])
+    np.testing.assert_array_equal(stability_stats.majority_vote([[3, 0], [1, 2]], 4), [1, 0])
+    np.testing.assert_array_equal(stability_stats.majority_vote([[2, 0, 1]], 3), [2, 0, 1])
     with pytest.raises(ValueError):
-        sr.majority_vote([[0, 3]], 3)
+        stability_stats.majority_vote([[0, 3]], 3)
 
 
 def test_ensemble_stats_over_every_subset():
     results = _results()
-    e = sr.ensemble_stats(results, "fft", 3)
+    e = stability_stats.ensemble_stats(results, "fft", 3)
     assert e["subsets"] == 4
     assert e["accuracy_mean"] == pytest.approx(18 / 24)
     assert e["accuracy_std"] == pytest.approx(math.sqrt(20) / 24)
     assert (e["accuracy_min"], e["accuracy_max"]) == pytest.approx((3 / 6, 1.0))
-    one = sr.ensemble_stats(results, "fft", 1)  # every single run
+    one = stability_stats.ensemble_stats(results, "fft", 1)  # every single run
     assert one["subsets"] == 4 and one["accuracy_mean"] == pytest.approx(15 / 24)
-    assert sr.ensemble_stats(results, "dsgd", 3)["accuracy_mean"] == pytest.approx(1.0)
-    assert sr.ensemble_stats(results, "fft", 5) is None
-    assert sr.ensemble_stats(results, "missing", 1) is None
+    assert stability_stats.ensemble_stats(results, "dsgd", 3)["accuracy_mean"] == pytest.approx(1.0)
+    assert stability_stats.ensemble_stats(results, "fft", 5) is None
+    assert stability_stats.ensemble_stats(results, "missing", 1) is None
 
 
 def test_ensemble_rows():
     results = _results()
-    rows = sr.ensemble_rows(results)
+    rows = stability_stats.ensemble_rows(results)
     # fft has 4 runs (only ENS(3) fits), dsgd 3 (no DSGD(9)).
     assert [r["method"] for r in rows] == ["ENS(3)"]
     assert rows[0]["k"] == 3 and rows[0]["subsets"] == 4
     assert rows[0]["accuracy_mean"] == pytest.approx(18 / 24)
-    rows = sr.ensemble_rows(results, ks=(1, 3, 4, 5), dsgd_k=3)
+    rows = stability_stats.ensemble_rows(results, ks=(1, 3, 4, 5), dsgd_k=3)
     assert [r["method"] for r in rows] == ["ENS(1)", "ENS(3)", "ENS(4)", "DSGD(3)"]
     # ENS(4) votes 0 1 0 0 1 0 (column 2: 2,0,0,2 tie -> 0; column 4: 1,0,2,1 -> 1;
     # column 5: 2,0,2,0 tie -> 0): columns 2 and 5 wrong -> 4/6.
     assert [r["accuracy_mean"] for r in rows] == pytest.approx([15 / 24, 18 / 24, 4 / 6, 1.0])
-    assert sr.ensemble_rows(results, base="focal", ks=(3,), dsgd="none")[0][
+    assert stability_stats.ensemble_rows(results, base="focal", ks=(3,), dsgd="none")[0][
         "accuracy_mean"
     ] == pytest.approx(1.0)  # focal votes 0 1 2 0 1 2
 
@@ -280,25 +282,25 @@ def test_seed_table():
 def test_trace_stats():
     run = {"conflict_trace": _trace([0.0, -0.9, -0.6, -0.4, 0.2, 0.5])}
     # _trace's first step has fraction correct 0 (no correct examples): left out.
-    assert sr.trace_stats(run) == {
+    assert stability_stats.trace_stats(run) == {
         "steps": 5,
         "cosine_mean": pytest.approx(-0.24),
         "negative_share": 0.6,
         "below_half_share": 0.4,
     }
-    assert sr.trace_stats({"conflict_trace": []}) is None
-    assert sr.trace_stats({"conflict_trace": _trace([0.0])}) is None
+    assert stability_stats.trace_stats({"conflict_trace": []}) is None
+    assert stability_stats.trace_stats({"conflict_trace": _trace([0.0])}) is None
 
 
 def test_escape_epoch_and_run_failures():
     run = {"predictions": [0, 0, 0, 0], "epoch_metrics": [{"epoch": 2, "accuracy": 0.5}]}
     # Labels 0 0 1 1: majority rate 1/2; 2 right of 4 is not above it.
-    f = sr.run_failures(run, [0, 0, 1, 1])
+    f = stability_stats.run_failures(run, [0, 0, 1, 1])
     assert f["collapsed"] and f["failed"] and f["escape_epoch"] is None
     run["epoch_metrics"].append({"epoch": 1, "accuracy": 0.75})  # out of order on purpose
-    assert sr.escape_epoch(run, [0, 0, 1, 1]) == 1
+    assert stability_stats.escape_epoch(run, [0, 0, 1, 1]) == 1
     with pytest.raises(ValueError, match="no predictions"):
-        sr.run_failures({"label": "fft", "seed": 1}, [0, 1])
+        stability_stats.run_failures({"label": "fft", "seed": 1}, [0, 1])
 
 
 def test_plot_seed_accuracy(tmp_path, saved_figures):
@@ -405,13 +407,13 @@ def test_write_report(tmp_path):
 
 
 def test_missed_classes():
-    assert sr.missed_classes([0, 1, 2, 0, 1, 2], TEST_LABELS) == []
-    assert sr.missed_classes([0, 0, 0, 0, 0, 0], TEST_LABELS) == [1, 2]
-    assert sr.missed_classes([1, 1, 2, 1, 1, 0], TEST_LABELS) == [0]
+    assert stability_stats.missed_classes([0, 1, 2, 0, 1, 2], TEST_LABELS) == []
+    assert stability_stats.missed_classes([0, 0, 0, 0, 0, 0], TEST_LABELS) == [1, 2]
+    assert stability_stats.missed_classes([1, 1, 2, 1, 1, 0], TEST_LABELS) == [0]
     # A class absent from the test labels cannot be missed.
-    assert sr.missed_classes([0, 0, 1], [0, 0, 1]) == []
+    assert stability_stats.missed_classes([0, 0, 1], [0, 0, 1]) == []
     with pytest.raises(ValueError, match="2 predictions for 3 test labels"):
-        sr.missed_classes([0, 1], [0, 1, 2])
+        stability_stats.missed_classes([0, 1], [0, 1, 2])
 
 
 def _setting(results, task, lr):
@@ -423,7 +425,7 @@ def test_overview_table():
     only_fft["runs"] = [r for r in only_fft["runs"] if r["label"] == "fft"]
     no_others = _setting(_results(), "two", 5e-5)
     no_others["runs"] = [r for r in no_others["runs"] if r["label"] != "focal"]
-    table = sr.overview_table([_setting(_results(), "toy", 2e-5), only_fft, no_others])
+    table = overview.overview_table([_setting(_results(), "toy", 2e-5), only_fft, no_others])
     lines = table.strip().splitlines()
     assert len(lines) == 2 + 2  # the fft-only setting has no row
     # macro-F1 of fft: 0.9, 0.2, 0.6, 0.5 -> mean 0.55, deviations +-0.35, +-0.05,
@@ -437,15 +439,13 @@ def test_overview_table():
 
 
 def test_verdict_counts_failures_and_names_what_the_setting_can_test():
-    from dsgd_jax.examples import stability
-
     results = _results()
     for seed in (42, 52, 62):  # a method that predicts class 0 everywhere: 2/6, std 0
         collapsed = {**results["runs"][3], "label": "lora", "method": "lora", "seed": seed}
         results["runs"].append(collapsed)
     # fft 15/24 (std 24.65; seed 52 failed and collapsed; seeds 52 and 72 miss a class),
     # dsgd 5/6 on every seed, focal 4/6 (std 23.57), lora 2/6 on every seed; no ENS(9).
-    text = stability.verdict(results)
+    text = stability_readme.verdict(results)
     assert "20.83 points above FFT's (83.33 vs 62.50)" in text
     assert "0.00 vs 24.65" in text
     assert "DSGD 0 of 3, FFT 1 of 4; collapsed onto one class: DSGD 0, FFT 1." in text
@@ -458,7 +458,7 @@ def test_verdict_counts_failures_and_names_what_the_setting_can_test():
     assert "ENS(9)" not in text
     one_dsgd_fail = copy.deepcopy(results)
     one_dsgd_fail["runs"][2]["predictions"] = [1] * 6  # dsgd seed 42: 2/6, failed
-    text = stability.verdict(one_dsgd_fail)
+    text = stability_readme.verdict(one_dsgd_fail)
     assert "Fewer failed runs than DSGD (1 of 3): focal 0 of 3." in text
 
 
@@ -472,28 +472,24 @@ def _all_majority(results):
 
 
 def test_verdict_when_every_fft_seed_fails_or_none_does():
-    from dsgd_jax.examples import stability
-
-    text = stability.verdict(_all_majority(_results()))
+    text = stability_readme.verdict(_all_majority(_results()))
     # Both 2/6 on every seed: a tie is no gap "below", and the setting cannot test the claim.
     assert "equals FFT's (33.33)" in text and "points below" not in text
     assert "DSGD 3 of 3, FFT 4 of 4" in text
     assert "FFT fails on every seed here" in text and "seed-unstable" not in text
     never = _results()
     never["runs"] = [r for r in never["runs"] if (r["label"], r["seed"]) != ("fft", 52)]
-    text = stability.verdict(never)
+    text = stability_readme.verdict(never)
     assert "FFT fails on no seed here" in text and "DSGD 0 of 3, FFT 0 of 3" in text
 
 
 def test_overview_verdict():
-    from dsgd_jax.examples import stability
-
     one = _setting(_results(), "toy", 2e-5)
     wide = _setting(_results(), "wide", 1e-4)
     for run in wide["runs"]:  # fft spread 0 here (accuracy field), dsgd above it in mean
         if run["label"] == "fft":
             run["accuracy"] = 0.5
-    text = stability.overview_verdict(sr.overview_rows([one, wide]))
+    text = stability_readme.overview_verdict(overview.overview_rows([one, wide]))
     # dsgd 5/6 beats fft's mean (15/24, then 1/2) in both; its std 0 is below fft's
     # 24.65 only in the first, since fft's std is 0 in the second.
     assert "Over 2 settings, DSGD's mean accuracy is above FFT's in 2" in text
@@ -514,30 +510,30 @@ def test_overview_verdict():
     # With two examples, the widest spread is named per example.
     vit = {**wide, "example": "vit", "task": "digits"}
     vit["runs"] = [r for r in vit["runs"] if r["label"] != "focal"]
-    text = stability.overview_verdict(sr.overview_rows([one, vit]))
+    text = stability_readme.overview_verdict(overview.overview_rows([one, vit]))
     assert (
         "FFT's seed spread is widest on BERT · toy · 32 tokens · lr 2e-5 (24.65 points) among "
         "the BERT settings and on ViT · digits · 32 tokens · lr 1e-4 (0.00 points) among the "
         "ViT settings." in text
     )
     dead = _all_majority(_setting(_results(), "dead", 1e-5))
-    text = stability.overview_verdict(sr.overview_rows([one, dead]))
+    text = stability_readme.overview_verdict(overview.overview_rows([one, dead]))
     assert "FFT 5 of 8, DSGD 3 of 6" in text
     assert "in 1 setting (BERT · toy · 32 tokens · lr 2e-5)" in text
     assert "FFT fails on every seed on BERT · dead · 32 tokens · lr 1e-5 (DSGD 3 of 3)" in text
     never = _setting(_results(), "never", 1e-4)
     never["runs"] = [r for r in never["runs"] if (r["label"], r["seed"]) != ("fft", 52)]
-    text = stability.overview_verdict(sr.overview_rows([never]))
+    text = stability_readme.overview_verdict(overview.overview_rows([never]))
     assert "No setting makes FFT fail on some seeds but not on others" in text
     assert "FFT fails on no seed in 1 setting." in text
-    assert stability.overview_verdict([]) == "No setting has both FFT and DSGD runs yet."
+    assert stability_readme.overview_verdict([]) == "No setting has both FFT and DSGD runs yet."
 
 
 def test_plot_overview(tmp_path, saved_figures):
     only_fft = _setting(_results(), "fft-only", 1e-4)
     only_fft["runs"] = [r for r in only_fft["runs"] if r["label"] == "fft"]
     settings = [_setting(_results(), "toy", 2e-5), only_fft, _setting(_results(), "b", 1e-4)]
-    path = sr.plot_overview(settings, tmp_path / "overview.png")
+    path = overview.plot_overview(settings, tmp_path / "overview.png")
     assert _is_png(path)
     (fig,) = saved_figures
     visible = [ax for ax in fig.axes if ax.get_visible()]
@@ -554,12 +550,10 @@ def test_plot_overview(tmp_path, saved_figures):
     means = [line.get_ydata()[0] for line in ax.get_lines() if line.get_marker() == "o"]
     np.testing.assert_allclose(means, [100 * 15 / 24, 100 * 5 / 6])
     with pytest.raises(ValueError, match="no results with both 'fft' and 'dsgd'"):
-        sr.plot_overview([only_fft], tmp_path / "none.png")
+        overview.plot_overview([only_fft], tmp_path / "none.png")
 
 
 def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
-    from dsgd_jax.examples import stability
-
     def folder(name, results):
         results = {
             **_setting(results, name, 1e-4),
@@ -576,20 +570,18 @@ def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
     fft_only = _results()
     fft_only["runs"] = [r for r in fft_only["runs"] if r["label"] == "fft"]
     a = folder("a", fft_only)
-    section = stability.readme_section([a], tmp_path)
-    assert "| setting |" not in section and stability.OVERVIEW_PLOT not in section
+    section = stability_readme.readme_section([a], tmp_path)
+    assert "| setting |" not in section and stability_readme.OVERVIEW_PLOT not in section
     assert "<summary>BERT · a · 32 tokens · lr 1e-4 · 3 epochs</summary>" in section
     b = folder("b", _results())
-    section = stability.readme_section([a, b], tmp_path)
+    section = stability_readme.readme_section([a, b], tmp_path)
     assert section.count("| BERT · ") == 1  # the overview row of b only
-    assert f"]({stability.OVERVIEW_PLOT})" in section
+    assert f"]({stability_readme.OVERVIEW_PLOT})" in section
     assert section.count("<details>") == section.count("</details>") == 2
     assert "Over 1 setting, DSGD's mean accuracy is above FFT's in 1" in section
 
 
 def test_load_settings_in_setting_order(tmp_path):
-    from dsgd_jax.examples import stability
-
     # Folder names sort one way (a-tweets < lr1e-4 < lr2e-5 < lr3e-4 < vit < x-first),
     # settings another.
     settings = {
@@ -609,6 +601,7 @@ def test_load_settings_in_setting_order(tmp_path):
         path.mkdir(parents=True)
         (path / "results.json").write_text(json.dumps(results))
     order = [
-        folder.name for folder, _ in stability.load_settings(stability.results_folders(tmp_path))
+        folder.name
+        for folder, _ in stability_readme.load_settings(stability_readme.results_folders(tmp_path))
     ]
     assert order == ["lr2e-5", "x-first", "lr1e-4", "lr3e-4", "a-tweets", "vit"]
