@@ -78,6 +78,67 @@ def test_core_imports_jax_and_optax_only():
     assert out.strip() == "[]", f"importing dsgd_jax pulled in {out}"
 
 
+def _imports(path: pathlib.Path, module: str, known: set[str]) -> set[str]:
+    """The package modules ``path`` imports at run time, anywhere in the file (imports
+    inside functions included; those under ``if TYPE_CHECKING:`` left out)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for stmt in block.body
+        for node in ast.walk(stmt)
+    }
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {m for m in found if m in known and m != module and not module.startswith(m + ".")}
+
+
+def test_package_modules_import_each_other_without_cycles():
+    modules = {}
+    for path in (ROOT / "dsgd_jax").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {m: _imports(p, m, set(modules)) for m, p in modules.items()}
+    # A depth-first walk that never re-enters a module on its own path: no cycle.
+    order, visiting, done = [], set(), set()
+
+    def visit(module: str, chain: tuple[str, ...]) -> None:
+        if module in done:
+            return
+        assert module not in visiting, "import cycle: " + " -> ".join((*chain, module))
+        visiting.add(module)
+        for dep in sorted(graph[module]):
+            visit(dep, (*chain, module))
+        visiting.discard(module)
+        done.add(module)
+        order.append(module)
+
+    for module in sorted(graph):
+        visit(module, ())
+    assert len(order) == len(modules) > 40
+    # The detector sees a cycle where there is one: bert.data <-> bert.tasks, made up.
+    graph["dsgd_jax.examples.bert.tasks"] = {"dsgd_jax.examples.bert.data"}
+    order, visiting, done = [], set(), set()
+    with pytest.raises(AssertionError, match="import cycle"):
+        for module in sorted(graph):
+            visit(module, ())
+
+
 def _no_deps_pins(command: str) -> set[str]:
     pins = set()
     for part in command.split("&&"):

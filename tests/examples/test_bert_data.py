@@ -13,7 +13,7 @@ import pytest
 
 from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import tfds_tasks, tokenization
-from dsgd_jax.examples.bert.data import TextSplit, TextTask
+from dsgd_jax.examples.bert.tasks import TextSplit, TextTask
 
 
 def _package_dir(module):

@@ -16,7 +16,7 @@ import pytest
 
 from dsgd_jax.examples.vit import data as image_data
 from dsgd_jax.examples.vit import tfds_images
-from dsgd_jax.examples.vit.data import ImageSet, ImageTask
+from dsgd_jax.examples.vit.tasks import ImageSet, ImageTask
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 APT_HINT = "missing: run `apt-get install -y dataset-fashion-mnist`"

@@ -31,6 +31,7 @@ from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.bert import mpnet, tokenization
 from dsgd_jax.examples.bert.data import bundled_checkpoint
+from dsgd_jax.examples.bert.tasks import TextTask
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.train import TrainConfig, config_field, override_default
 
@@ -110,7 +111,7 @@ class BertExampleConfig(TrainConfig):
         if self.task == "csv" and not (self.csv_train and self.csv_test):
             raise ValueError("task=csv needs --csv_train=<file> and --csv_test=<file>.")
 
-    def text_task(self) -> text_data.TextTask:
+    def text_task(self) -> TextTask:
         if self.task == "drugs":
             return text_data.load_drugs()
         if self.task in ("tweets2", "tweets3"):

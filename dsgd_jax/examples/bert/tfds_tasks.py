@@ -8,7 +8,7 @@ where a network is available, in the ``array_record`` format::
     tfds build glue/rte --file_format=array_record --data_dir=DIR
 
 then pass ``data_dir=DIR``. Each task becomes a
-:class:`~dsgd_jax.examples.bert.data.TextTask` with ``text`` / ``text_pair``:
+:class:`~dsgd_jax.examples.bert.tasks.TextTask` with ``text`` / ``text_pair``:
 
 - ``glue/rte``, ``glue/mrpc``: sentence1 / sentence2.
 - ``glue/cola``: sentence / none.
@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from dsgd_jax.examples import tfds_source
-from dsgd_jax.examples.bert.data import TextSplit, TextTask
+from dsgd_jax.examples.bert.tasks import TextSplit, TextTask
 
 __all__ = ["TASKS", "load_tfds"]
 

@@ -1,4 +1,4 @@
-"""Tokenisation of a :class:`~dsgd_jax.examples.bert.data.TextTask` for BERT.
+"""Tokenisation of a :class:`~dsgd_jax.examples.bert.tasks.TextTask` for BERT.
 
 :func:`load_tokenizer` reads a Hugging Face ``tokenizer.json``;
 :func:`tokenize_task` truncates and pads both splits explicitly and returns the
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.bert.data import TextTask, bundled_checkpoint
+from dsgd_jax.examples.bert.data import bundled_checkpoint
+from dsgd_jax.examples.bert.tasks import TextTask
 from dsgd_jax.examples.data import ArraySplit, TaskData
 
 __all__ = ["load_tokenizer", "tokenize_task"]

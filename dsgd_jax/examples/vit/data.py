@@ -26,17 +26,18 @@ train split is imbalanced: test sets stay as they are, balanced.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gzip
 from pathlib import Path
 
 import numpy as np
 
-from dsgd_jax.examples.data import ArraySplit, ClassificationTask, TaskData, package_file
+from dsgd_jax.examples.data import ArraySplit, TaskData, package_file
+from dsgd_jax.examples.vit import tfds_images
+from dsgd_jax.examples.vit.tasks import ImageSet, ImageTask
 
 __all__ = [
-    "DATASETS", "IMBALANCE", "ImageSet", "ImageTask", "load_dataset", "load_digits",
+    "DATASETS", "IMBALANCE", "load_dataset", "load_digits",
     "load_fashion_mnist", "load_mnist_5k", "load_tfds_images", "longtail_counts",
     "make_imbalanced", "read_idx", "step_counts", "to_task_data",
 ]  # fmt: skip
@@ -49,58 +50,6 @@ FASHION_MNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageSet:
-    """Labelled images: ``images[i]`` (``[H, W]`` grey or ``[H, W, C]``) has label ``labels[i]``."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self):
-        images, labels = np.asarray(self.images), np.asarray(self.labels)
-        if images.ndim not in (3, 4) or not np.issubdtype(images.dtype, np.number):
-            raise ValueError(f"images must be numeric [N, H, W] or [N, H, W, C]: {images.shape}.")
-        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"labels must be {images.shape[0]} integers (one class index per image), got "
-                f"dtype {labels.dtype} and shape {labels.shape}."
-            )
-        if labels.size == 0:
-            raise ValueError("The image set is empty (0 examples): check the source and splits.")
-        object.__setattr__(self, "images", images)
-        object.__setattr__(self, "labels", labels.astype(np.int32))
-
-    def __len__(self) -> int:
-        return int(self.labels.size)
-
-    def take(self, index: np.ndarray) -> ImageSet:
-        """The examples at ``index`` (an integer array), as a new set."""
-        return ImageSet(self.images[index], self.labels[index])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageTask(ClassificationTask):
-    """An image classification task: train and test :class:`ImageSet` and class names.
-
-    ``max_value`` is the largest possible pixel value (255, or 16 for ``digits``):
-    :func:`to_task_data` divides by it to scale images to ``[0, 1]``.
-    """
-
-    name: str
-    train: ImageSet
-    test: ImageSet
-    class_names: tuple[str, ...]
-    max_value: float = 255.0
-
-    def __post_init__(self):
-        self._check_classes(f"{self.name}: ")
-        if self.train.images.shape[1:] != self.test.images.shape[1:]:
-            raise ValueError(
-                f"{self.name}: train images are {self.train.images.shape[1:]} but test images "
-                f"are {self.test.images.shape[1:]}; they must have the same shape."
-            )
 
 
 def _check_ratio(ratio: float) -> None:
@@ -291,8 +240,6 @@ def load_digits(*, test_per_class: int = 30, seed: int = 0) -> ImageTask:
 
 def load_tfds_images(name: str, *, data_dir=None) -> ImageTask:
     """CIFAR-10 / CIFAR-100 from prepared tfds data: :func:`.tfds_images.load_tfds_images`."""
-    from dsgd_jax.examples.vit import tfds_images
-
     return tfds_images.load_tfds_images(name, data_dir=data_dir)
 
 

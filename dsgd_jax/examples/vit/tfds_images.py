@@ -8,7 +8,7 @@ where a network is available, in the ``array_record`` format::
     tfds build cifar10 --file_format=array_record --data_dir=DIR
 
 then pass ``data_dir=DIR``. The ``train`` and ``test`` splits (50,000 and 10,000 images
-of 32x32x3 uint8, balanced) become an :class:`~dsgd_jax.examples.vit.data.ImageTask`;
+of 32x32x3 uint8, balanced) become an :class:`~dsgd_jax.examples.vit.tasks.ImageTask`;
 CIFAR-100 uses its 100 fine labels. Class names come from the prepared data set's
 ``label`` feature. Images are decoded with Pillow (``pip install pillow``); preparing
 the data (encoding) needs TensorFlow, reading it does not. tfds stores the examples
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsgd_jax.examples import tfds_source
-from dsgd_jax.examples.vit.data import ImageSet, ImageTask
+from dsgd_jax.examples.vit.tasks import ImageSet, ImageTask
 
 __all__ = ["NUM_CLASSES", "load_tfds_images"]
 
