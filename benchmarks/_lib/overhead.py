@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _lib import timing
 from flax import nnx
 
+from _lib import timing
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.train import TrainConfig, make_optimizer, make_steps
 from dsgd_jax.examples.vit import model as vit_model

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from dsgd_jax.examples.methods.base import needs_head_split
 from dsgd_jax.examples.metrics import classification_metrics
-from dsgd_jax.examples.train import needs_head_split
 
 __all__ = ["fit_softmax_probe", "frozen_representations", "probe_report"]
 

@@ -87,7 +87,7 @@ class MethodSpec:
         """Parses ``name[/field=value...]``; ValueError naming the bad part and the fix."""
         name, *parts = text.strip().split("/")
         if name not in METHODS:
-            raise ValueError(f"Unknown method {name!r} in --methods; choose from {METHODS}.")
+            raise ValueError(f"Unknown method {name!r} in --methods; choose from {tuple(METHODS)}.")
         hints = typing.get_type_hints(config_cls)
         fields = {f.name for f in dataclasses.fields(config_cls)}
         overrides: list[tuple[str, Any]] = [("method", name)]

@@ -12,9 +12,9 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
 - ``method="fft"`` (plain fine-tuning: every example weighs 1) or
   ``method="dsgd"`` (correct examples weigh lambda(t), read off the optimizer's
   update count with :func:`dsgd_jax.step_count`, so lambda counts optimizer
-  updates, not micro-batches), or one of the paper's baselines from
-  :mod:`dsgd_jax.examples.baselines` (``focal``, ``pcgrad``, ``noisytune``,
-  ``lnsr``, ``swa``, ``lora``);
+  updates, not micro-batches), or one of the paper's baselines (``focal``,
+  ``pcgrad``, ``noisytune``, ``lnsr``, ``swa``, ``lora``): each method is a module
+  of :mod:`dsgd_jax.examples.methods` whose hooks the loop calls;
 - fixed-shape padded batches with a validity mask, ``nnx.jit`` steps, dropout
   keys folded from the seed and the step, data order from the seed and the epoch;
 - evaluation after every epoch, a tqdm bar, JSON-lines metrics, an orbax
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import sys
@@ -41,16 +40,18 @@ import optax
 from flax import nnx
 
 import dsgd_jax
-from dsgd_jax.examples import baselines, distributed, files, interrupt, optimizers
 from dsgd_jax.examples import checkpoint as ckpt
+from dsgd_jax.examples import distributed, files, interrupt, methods, optimizers
 from dsgd_jax.examples.data import TaskData, batches
+from dsgd_jax.examples.methods.base import per_example_ce
+from dsgd_jax.examples.methods.dsgd import SCALERS
+from dsgd_jax.examples.methods.focal import FOCAL_FORMS
 from dsgd_jax.examples.metrics import MetricsLog, classification_metrics, mean_pairwise_cosine
 from dsgd_jax.examples.nn import num_params
 
 __all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
 
-METHODS = ("fft", "dsgd", "focal", "pcgrad", "noisytune", "lnsr", "swa", "lora")
-SCALERS = ("linear", "cosine", "descending", "constant")
+METHODS = methods.METHODS  # the registry: every name, and the Method the loop calls
 OPTIMIZERS = ("adamw", "bertadam")
 
 # Settings a run may change when it resumes: how it is shown, launched and spread
@@ -123,7 +124,7 @@ class TrainConfig:
     focal_gamma: float = config_field(2.0, "focal: focusing exponent gamma")
     focal_form: str = config_field(
         "softmax", "focal: softmax (multi-class) or sigmoid (one-vs-all)",
-        choices=("softmax", "sigmoid"),
+        choices=FOCAL_FORMS,
     )  # fmt: skip
     noisytune_lambda: float = config_field(0.15, "noisytune: noise scale relative to std(W)")
     lnsr_sigma: float = config_field(0.01, "lnsr: std of the Gaussian noise on the head's inputs")
@@ -183,21 +184,8 @@ class TrainConfig:
             raise ValueError("weight_decay and max_grad_norm must be >= 0.")
         if not 0 < self.one_class_share <= 1:
             raise ValueError(f"one_class_share must be in (0, 1], got {self.one_class_share}.")
-        if self.method == "dsgd":
-            self.make_scaler(1)  # beta checks live in the core scalers
-        if self.focal_gamma < 0 or not 0 <= self.focal_alpha <= 1:
-            raise ValueError("focal_gamma must be >= 0 and focal_alpha in [0, 1].")
-        if self.noisytune_lambda < 0 or self.lnsr_sigma < 0:
-            raise ValueError("noisytune_lambda and lnsr_sigma must be >= 0.")
-        if self.lnsr_weight_first < 0 or self.lnsr_weight_last < 0:
-            raise ValueError("lnsr_weight_first and lnsr_weight_last must be >= 0.")
-        if not 0 <= self.swa_start < 1 or self.swa_every < 1:
-            raise ValueError(
-                f"swa_start must be in [0, 1) and swa_every >= 1, got {self.swa_start}, "
-                f"{self.swa_every}."
-            )
-        if self.lora_rank < 1 or self.lora_alpha <= 0:
-            raise ValueError("lora_rank must be >= 1 and lora_alpha > 0.")
+        for method in METHODS.values():  # each checks its own fields, whichever method runs
+            method.validate(self)
         distributed.parse_mesh(self.mesh)
         if self.num_processes < -1:
             raise ValueError(
@@ -210,16 +198,7 @@ class TrainConfig:
 
     def make_scaler(self, total_updates: int) -> Callable[[jax.Array], jax.Array]:
         """lambda(t) for ``method="dsgd"``; the constant 1 for every other method."""
-        if self.method != "dsgd":
-            return lambda count: jnp.ones((), jnp.float32)
-        if self.scaler == "constant":
-            return dsgd_jax.constant_scaler(self.beta)
-        make = {
-            "linear": dsgd_jax.linear_scaler,
-            "cosine": dsgd_jax.cosine_scaler,
-            "descending": dsgd_jax.descending_scaler,
-        }[self.scaler]
-        return make(self.beta, total_updates)
+        return methods.get(self.method).scaler(self, total_updates)
 
 
 def make_optimizer(config: TrainConfig, total_updates: int) -> optax.GradientTransformation:
@@ -242,42 +221,13 @@ def make_optimizer(config: TrainConfig, total_updates: int) -> optax.GradientTra
     parts = [adamw]
     if config.max_grad_norm > 0:
         parts.insert(0, optax.clip_by_global_norm(config.max_grad_norm))
-    if config.method == "swa":  # last in the chain: it averages the updated parameters
-        parts.append(baselines.swa(round(config.swa_start * total_updates), config.swa_every))
+    extra = methods.get(config.method).extra_transform(config, total_updates)
+    if extra is not None:  # last in the chain: it sees the updated parameters (SWA)
+        parts.append(extra)
     tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
     if config.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
     return tx
-
-
-_CE = optax.softmax_cross_entropy_with_integer_labels
-
-
-def _per_example_loss(config: TrainConfig) -> Callable[..., jax.Array]:
-    if config.method != "focal":
-        return _CE
-    focal = {
-        "softmax": baselines.softmax_focal_loss,
-        "sigmoid": baselines.sigmoid_focal_loss,
-    }[config.focal_form]
-    return functools.partial(focal, alpha=config.focal_alpha, gamma=config.focal_gamma)
-
-
-def _per_example(model, inputs, labels, key):
-    logits = model(inputs, rngs=nnx.Rngs(dropout=key))
-    return _CE(logits, labels), dsgd_jax.argmax_correct(logits, labels)
-
-
-def needs_head_split(model: nnx.Module, who: str) -> None:
-    """Raises ValueError, naming ``who``, unless ``model`` has features(), classify() and
-    head_name (as the BERT and ViT examples' models have)."""
-    missing = [a for a in ("features", "classify", "head_name") if not hasattr(model, a)]
-    if missing:
-        raise ValueError(
-            f"{who} needs a model with features(), classify() and head_name "
-            f"(as the BERT and ViT examples' models have); {type(model).__name__} lacks "
-            f"{', '.join(missing)}."
-        )
 
 
 def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx.filterlib.Filter:
@@ -288,8 +238,6 @@ def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx
     trains them with the head and the modules named in the model's ``lora_also_trains``
     (if any). Returns the filter of the variables the optimizer trains.
     """
-    if config.method in ("lnsr", "lora"):
-        needs_head_split(model, f"method={config.method!r}")
     if config.reinit_layers:
         if not hasattr(model, "reinit_top_layers"):
             raise ValueError(
@@ -298,14 +246,7 @@ def prepare_model(config: TrainConfig, model: nnx.Module, key: jax.Array) -> nnx
             )
         reinit_key = jax.random.fold_in(key, 2)
         model.reinit_top_layers(config.reinit_layers, rngs=nnx.Rngs(params=reinit_key))
-    if config.method == "noisytune":
-        baselines.noisytune_model(model, key, noise_lambda=config.noisytune_lambda)
-    if config.method == "lora":
-        baselines.add_lora(
-            model, rank=config.lora_rank, alpha=config.lora_alpha, rngs=nnx.Rngs(params=key)
-        )
-        return baselines.lora_trainable(model.head_name, *getattr(model, "lora_also_trains", ()))
-    return nnx.Param
+    return methods.get(config.method).prepare_model(config, model, key)
 
 
 class Steps(NamedTuple):
@@ -327,41 +268,20 @@ def make_steps(config: TrainConfig, total_updates: int, wrt=nnx.Param) -> Steps:
     the SWA average for ``method="swa"`` once it holds a snapshot). Wrap them in ``nnx.jit``, or
     split the model for ``jax.vmap`` over seeds.
     """
-    scale_fn = config.make_scaler(total_updates)
-    loss = dsgd_jax.make_dsgd_loss(_per_example_loss(config), dsgd_jax.argmax_correct, has_aux=True)
-    lnsr_weights = (config.lnsr_weight_first, config.lnsr_weight_last)
+    method = methods.get(config.method)
+    scale_fn = method.scaler(config, total_updates)
+    loss = dsgd_jax.make_dsgd_loss(
+        method.per_example_loss(config), dsgd_jax.argmax_correct, has_aux=True
+    )
 
     def model_loss(model, inputs, labels, valid, key, scale):
-        if config.method != "lnsr":
-            logits = model(inputs, rngs=nnx.Rngs(dropout=key))
-            return loss(logits, labels, scale=scale, where=valid)
-        features = model.features(inputs, rngs=nnx.Rngs(dropout=key))
-        head_key, noise_key = jax.random.split(jax.random.fold_in(key, 1))
-
-        def head(f, noise):  # the same dropout mask for the clean and the noisy passes
-            return model.classify(f, rngs=nnx.Rngs(dropout=head_key), noise=noise)
-
-        value, aux = loss(head(features, (None, None)), labels, scale=scale, where=valid)
-        penalty = baselines.lnsr_penalty(
-            head, features, noise_key, sigma=config.lnsr_sigma, weights=lnsr_weights, where=valid
-        )
-        return value + penalty, aux
+        return method.model_loss(config, loss, model, inputs, labels, valid, key, scale)
 
     def train(model, optimizer, inputs, labels, valid, key):
         scale = scale_fn(dsgd_jax.step_count(optimizer.opt_state))
-        if config.method == "pcgrad":
-            graphdef, params, rest = nnx.split(model, wrt, ...)
-
-            def per_example(params):
-                return _per_example(nnx.merge(graphdef, params, rest), inputs, labels, key)
-
-            value, grads, aux = baselines.pcgrad_value_and_grad(per_example, params, where=valid)
-            fraction = aux["fraction_correct"]
-        else:
-            (value, aux), grads = nnx.value_and_grad(
-                model_loss, argnums=nnx.DiffState(0, wrt), has_aux=True
-            )(model, inputs, labels, valid, key, scale)
-            fraction = aux.fraction_correct
+        value, grads, fraction = method.value_and_grad(
+            config, model_loss, model, wrt, inputs, labels, valid, key, scale
+        )
         optimizer.update(model, grads)
         return {"loss": value, "lambda": scale, "fraction_correct": fraction}
 
@@ -370,20 +290,12 @@ def make_steps(config: TrainConfig, total_updates: int, wrt=nnx.Param) -> Steps:
         graphdef, params, rest = nnx.split(model, wrt, ...)
 
         def loss_fn(params):
-            return _per_example(nnx.merge(graphdef, params, rest), inputs, labels, key)
+            return per_example_ce(nnx.merge(graphdef, params, rest), inputs, labels, key)
 
         return dsgd_jax.gradient_conflict(loss_fn, params, scale=scale, where=valid)._asdict()
 
     def predict(model, optimizer, inputs):
-        if config.method == "swa":
-            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-            mean = baselines.swa_params(optimizer.opt_state)
-            use = baselines.swa_count(optimizer.opt_state) > 0
-            averaged = jax.tree.map(
-                lambda p, m: jnp.where(use, m, p), nnx.to_pure_dict(params), nnx.to_pure_dict(mean)
-            )
-            nnx.replace_by_pure_dict(params, averaged)
-            model = nnx.merge(graphdef, params, rest)
+        model = method.eval_model(config, model, optimizer.opt_state)
         if not (hasattr(model, "features") and hasattr(model, "classify")):
             return {"predictions": jnp.argmax(model(inputs), axis=-1)}
         features = model.features(inputs)

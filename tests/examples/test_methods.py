@@ -6,10 +6,12 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 from _toy import ToyConfig, saved_tree
 from _toy import config as toy_config
 
+from dsgd_jax.examples import methods
 from dsgd_jax.examples.bert.config import BertExampleConfig
 from dsgd_jax.examples.train import train_and_evaluate
 
@@ -146,3 +148,73 @@ def test_reinit_layers_resets_the_top_layers_only(example):
         model.reinit_top_layers(9, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="reinit_layers must be >= 0"):
         BertExampleConfig(reinit_layers=-1).validate()
+
+
+class _LabelSmoothing(methods.Method):
+    """The docs' "Adding a method" example: label smoothing, a new per-example loss."""
+
+    name = "smooth"
+
+    def __init__(self, eps):
+        self.eps = eps
+
+    def per_example_loss(self, config):
+        def loss(logits, labels):
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), self.eps)
+            return optax.softmax_cross_entropy(logits, targets)
+
+        return loss
+
+
+class _Doubled(methods.Method):
+    name = "doubled"
+
+    def per_example_loss(self, config):
+        return lambda logits, labels: 2.0 * methods.base.CE(logits, labels)
+
+
+@pytest.fixture
+def registered():
+    added = []
+
+    def add(method):
+        methods.register(method)
+        added.append(method.name)
+
+    yield add
+    for name in added:
+        del methods.METHODS[name]
+
+
+def _step_losses(workdir):
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "step"]
+
+
+def test_a_registered_method_runs_in_the_loop_and_on_the_command_line(tmp_path, registered):
+    fft = train_and_evaluate(toy_config(method="fft"), tmp_path / "fft")
+    registered(_LabelSmoothing(eps=0.0))
+    same = train_and_evaluate(toy_config(method="smooth"), tmp_path / "smooth0")
+    # Smoothing by 0 is cross-entropy: the very run FFT makes, step for step.
+    np.testing.assert_allclose(_step_losses(tmp_path / "smooth0"), _step_losses(tmp_path / "fft"))
+    assert same["predictions"] == fft["predictions"] and same["method"] == "smooth"
+    # Its loss is the one the step differentiates: twice CE logs twice FFT's first loss
+    # (same initial weights, batch and dropout mask).
+    registered(_Doubled())
+    train_and_evaluate(toy_config(method="doubled", num_epochs=1), tmp_path / "doubled")
+    first_fft, first_doubled = (
+        _step_losses(tmp_path / "fft")[0],
+        _step_losses(tmp_path / "doubled")[0],
+    )
+    np.testing.assert_allclose(first_doubled, 2 * first_fft, rtol=1e-6)
+    methods.METHODS["smooth"].eps = 0.3
+    train_and_evaluate(toy_config(method="smooth"), tmp_path / "smooth3")
+    assert _step_losses(tmp_path / "smooth3")[0] != pytest.approx(first_fft)
+    # The examples' command line offers it, and a name already taken is refused.
+    from dsgd_jax.examples.stability import example_config
+
+    assert example_config("bert", ["--method=smooth", "--model=tiny"], "x").method == "smooth"
+    with pytest.raises(ValueError, match="registered already"):
+        methods.register(_Doubled())
+    with pytest.raises(ValueError, match="method='nope' is unknown"):
+        methods.get("nope")
