@@ -24,22 +24,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dsgd_jax.examples import checkpoint as ckpt
-from dsgd_jax.examples import distributed, files, interrupt
-from dsgd_jax.examples.data import batches
+from dsgd_jax.examples import distributed, files, loop
 from dsgd_jax.examples.train import (
-    CompletedSteps,
     TrainConfig,
     announce_left_over,
     build_run,
-    check_finite,
     check_workdir,
     evaluation,
     make_steps,
-    progress_bar,
     start_log,
     test_outputs,
     write_summary,
@@ -154,39 +149,24 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
     first_epoch = (last_saved or 0) + 1
     epochs_done, saved = first_epoch - 1, last_saved or 0
     evals: list[dict[str, Any]] | None = None
-    spe = runs[0].steps_per_epoch
+
+    def train_step(inputs, labels, valid, keys):
+        nonlocal state
+        state, metrics = train(state, inputs, labels, valid, keys)
+        return metrics
+
     for epoch in range(first_epoch, config.num_epochs + 1):
-        iters = [
-            batches(data.train, config.batch_size, order=_order(c.seed, epoch, len(data.train)))
-            for c in configs
-        ]
-        pending: list[tuple[int, dict[str, jax.Array]]] = []
-        with progress_bar(config, spe, epoch) as bar:
-            bar.set_description(f"{num} seeds, epoch {epoch}/{config.num_epochs}")
-            done = CompletedSteps(bar)
-            for i, group in enumerate(zip(*iters, strict=True)):
-                interrupt.check()
-                step = (epoch - 1) * spe + i + 1
-                inputs = jax.tree.map(lambda *xs: np.stack(xs), *[g[0] for g in group])
-                labels = np.stack([g[1] for g in group])
-                valid = np.stack([g[2] for g in group])
-                keys = fold(dropout_keys, step)
-                if config.conflict_every and step % config.conflict_every == 0:
-                    stats = jax.device_get(conflict(state, inputs, labels, valid, keys))
-                    for s, log in enumerate(logs):
-                        record = {k: float(v[s]) for k, v in stats.items()}
-                        log.write([{"kind": "conflict", "epoch": epoch, "step": step, **record}])
-                state, metrics = train(state, inputs, labels, valid, keys)
-                pending.append((step, metrics))
-                done.dispatched(metrics)
-                if len(pending) >= config.log_every:
-                    _flush(pending, logs, epoch, saved, bar)
-            done.finish()
-            _flush(pending, logs, epoch, saved, bar)
+        loop.run_epoch(
+            config, epoch, data, [c.seed for c in configs], train_step,
+            lambda *batch: conflict(state, *batch), lambda step: fold(dropout_keys, step), logs,
+            steps_per_epoch=runs[0].steps_per_epoch, last_saved=saved, stacked=True,
+            desc=f"{num} seeds, epoch {epoch}/{config.num_epochs}",
+        )  # fmt: skip
         evals = _evaluate(predict, state, data, configs)
-        for log, metrics in zip(logs, evals, strict=True):
-            log.write([{"kind": "epoch", "epoch": epoch, **_no_predictions(metrics)}])
-        _check_params(state, configs, epoch)
+        loop.log_evaluation(logs, epoch, evals)
+        loop.check_params_finite(
+            nnx.filter_state(state[0], nnx.Param), epoch, [c.seed for c in configs]
+        )
         if managers[0] is not None:
             for s, manager in enumerate(managers):
                 model, optimizer = nnx.merge(graphdef, _unstack(state, s))
@@ -238,49 +218,3 @@ def _evaluate(predict, state, data, configs) -> list[dict[str, Any]]:
     return [
         evaluation({k: v[s] for k, v in outputs.items()}, data, c) for s, c in enumerate(configs)
     ]
-
-
-def _order(seed: int, epoch: int, n: int) -> np.ndarray:
-    # The same data order as the sequential loop (train._run_epoch).
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def _no_predictions(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k != "predictions"}
-
-
-def _flush(pending, logs, epoch, saved, bar) -> None:
-    host = jax.device_get(pending)
-    for s, log in enumerate(logs):
-        records = [
-            {"kind": "step", "epoch": epoch, "step": step, **{k: float(v[s]) for k, v in m.items()}}
-            for step, m in host
-        ]
-        check_finite(records, saved)
-        log.write(records)
-    if host:
-        last = host[-1][1]
-        bar.set_postfix(
-            loss=f"{float(np.mean(last['loss'])):.4f}",
-            acc=f"{float(np.mean(last['fraction_correct'])):.2f}",
-            lam=f"{float(np.mean(last['lambda'])):.3f}",
-        )
-    pending.clear()
-
-
-def _check_params(state, configs, epoch: int) -> None:
-    model_state = state[0]  # (model, optimizer) -> the model's part
-    finite = [
-        bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x[s])) for x in _param_leaves(model_state)])))
-        for s in range(len(configs))
-    ]
-    bad = [c.seed for c, ok in zip(configs, finite, strict=True) if not ok]
-    if bad:
-        raise FloatingPointError(
-            f"Non-finite parameters after epoch {epoch} for seeds {bad}; no checkpoint was "
-            "written. Lower --learning_rate or set --max_grad_norm."
-        )
-
-
-def _param_leaves(model_state) -> list[jax.Array]:
-    return [x for x in jax.tree.leaves(nnx.filter_state(model_state, nnx.Param))]

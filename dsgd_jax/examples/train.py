@@ -41,7 +41,7 @@ from flax import nnx
 
 import dsgd_jax
 from dsgd_jax.examples import checkpoint as ckpt
-from dsgd_jax.examples import distributed, files, interrupt, methods, optimizers
+from dsgd_jax.examples import distributed, files, loop, methods, optimizers
 from dsgd_jax.examples.data import TaskData, batches
 from dsgd_jax.examples.methods.base import per_example_ce
 from dsgd_jax.examples.methods.dsgd import SCALERS
@@ -345,60 +345,6 @@ def evaluation(
     return metrics
 
 
-def check_finite(records: list[dict[str, Any]], last_saved: int) -> None:
-    for record in records:
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(
-                f"The training loss is {record['loss']} at step {record['step']} "
-                f"(epoch {record['epoch']}); nothing was logged or saved from it. Lower "
-                "--learning_rate or set --max_grad_norm; the last good checkpoint is "
-                f"epoch {last_saved}."
-            )
-
-
-def progress_bar(config: TrainConfig, total: int, epoch: int, show: bool = True):
-    """The epoch's progress bar (off with ``--no-progress`` or when ``show`` is False)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=f"epoch {epoch}/{config.num_epochs}",
-        disable=not (config.progress and show),
-        dynamic_ncols=True,
-        leave=True,
-    )
-
-
-class CompletedSteps:
-    """Advances a progress bar by completed steps, not dispatched ones.
-
-    Under JAX's asynchronous dispatch a loop returns from a step as soon as it is
-    queued, so a bar advanced per call runs ahead of the computation and then
-    stalls at the next read-back. ``dispatched(output)`` is called with each new
-    step's output: it waits for the step before it (one step stays in flight, so
-    the host still prepares the next batch while the device computes) and only
-    then advances the bar; ``finish()`` waits for the last one.
-    """
-
-    def __init__(self, bar):
-        self.bar = bar
-        self._in_flight = None
-
-    def dispatched(self, output) -> None:
-        if self._in_flight is not None:
-            self._complete()
-        self._in_flight = output
-
-    def finish(self) -> None:
-        if self._in_flight is not None:
-            self._complete()
-
-    def _complete(self) -> None:
-        jax.block_until_ready(self._in_flight)
-        self._in_flight = None
-        self.bar.update(1)
-
-
 def config_changes(
     saved: dict[str, Any], config: TrainConfig, free: tuple[str, ...] = _RESUME_FREE
 ) -> dict[str, tuple[Any, Any]]:
@@ -606,18 +552,20 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
 
     eval_metrics: dict[str, Any] | None = None
     epochs_done = first_epoch - 1
+    logs = [log] if log is not None else []
     try:
         for epoch in range(first_epoch, config.num_epochs + 1):
-            _run_epoch(
-                config, epoch, data, model, optimizer, (train_step, conflict_step),
-                dropout_key, log, run.steps_per_epoch, last_saved or 0, placement,
+            loop.run_epoch(
+                config, epoch, data, [config.seed],
+                lambda *batch: train_step(model, optimizer, *batch),
+                lambda *batch: conflict_step(model, optimizer, *batch),
+                lambda step: jax.random.fold_in(dropout_key, step), logs,
+                steps_per_epoch=run.steps_per_epoch, last_saved=last_saved or 0, stacked=False,
+                place=placement.shard, show=primary,
             )  # fmt: skip
             eval_metrics = evaluate()
-            if log is not None:
-                log.write(
-                    [{"kind": "epoch", "epoch": epoch, **_without(eval_metrics, "predictions")}]
-                )
-            check_params_finite(model, epoch)
+            loop.log_evaluation(logs, epoch, [eval_metrics])
+            loop.check_params_finite(nnx.state(model, nnx.Param), epoch)
             if manager is not None:
                 ckpt.save(manager, epoch, model, optimizer, config.to_dict())
                 last_saved = epoch
@@ -639,66 +587,3 @@ def _replicate(placement: distributed.Placement, model, optimizer) -> None:
     """Puts the model and optimizer state on every device of the mesh (in place)."""
     state = nnx.state((model, optimizer))
     nnx.update((model, optimizer), placement.replicate(state))
-
-
-def _without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in mapping.items() if k not in keys}
-
-
-def check_params_finite(model: nnx.Module, epoch: int) -> None:
-    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-    if not all(bool(jnp.all(jnp.isfinite(p))) for p in leaves):
-        raise FloatingPointError(
-            f"Non-finite parameters after epoch {epoch}; the checkpoint was not written. "
-            "Lower --learning_rate or set --max_grad_norm."
-        )
-
-
-def _run_epoch(
-    config, epoch, data, model, optimizer, steps, dropout_key, log, total, saved, placement
-):
-    """One epoch of training; ``log`` is None on the processes that do not write."""
-    train_step, conflict_step = steps
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train))
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
-    bar = progress_bar(config, total, epoch, show=log is not None)
-
-    def flush():
-        records = [
-            {"kind": "step", "epoch": epoch, "step": s, **{k: float(v) for k, v in m.items()}}
-            for s, m in jax.device_get(pending)
-        ]
-        check_finite(records, saved)
-        if log is not None:
-            log.write(records)
-        if records:
-            last = records[-1]
-            bar.set_postfix(
-                loss=f"{last['loss']:.4f}",
-                acc=f"{last['fraction_correct']:.2f}",
-                lam=f"{last['lambda']:.3f}",
-            )
-        pending.clear()
-
-    done = CompletedSteps(bar)
-    with bar:
-        for i, (inputs, labels, valid) in enumerate(
-            batches(data.train, config.batch_size, order=order)
-        ):
-            interrupt.check()
-            step = (epoch - 1) * total + i + 1
-            key = jax.random.fold_in(dropout_key, step)
-            batch = placement.shard((inputs, labels, valid))
-            if config.conflict_every and step % config.conflict_every == 0:
-                stats = conflict_step(model, optimizer, *batch, key)
-                if log is not None:
-                    log.write(
-                        [{"kind": "conflict", "epoch": epoch, "step": step}
-                         | {k: float(v) for k, v in stats.items()}]
-                    )  # fmt: skip
-            pending.append((step, train_step(model, optimizer, *batch, key)))
-            done.dispatched(pending[-1][1])
-            if len(pending) >= config.log_every:
-                flush()
-        done.finish()
-        flush()

@@ -241,7 +241,7 @@ class _Bar:
 
 
 def test_progress_counts_completed_steps_with_one_in_flight():
-    from dsgd_jax.examples.train import CompletedSteps
+    from dsgd_jax.examples.loop import CompletedSteps
 
     waited: list[int] = []
     bar = _Bar(waited)
@@ -259,7 +259,7 @@ def test_progress_counts_completed_steps_with_one_in_flight():
 
 
 def test_progress_bar_of_a_real_run_ends_at_the_epochs_steps(tmp_path, monkeypatch):
-    from dsgd_jax.examples import train as train_lib
+    from dsgd_jax.examples import loop
 
     bars = []
 
@@ -280,7 +280,7 @@ def test_progress_bar_of_a_real_run_ends_at_the_epochs_steps(tmp_path, monkeypat
         def set_postfix(self, **kwargs):
             pass
 
-    monkeypatch.setattr(train_lib, "progress_bar", Recording)
+    monkeypatch.setattr(loop, "progress_bar", Recording)
     config = _config(num_epochs=2)
     train_and_evaluate(config, tmp_path / "run")
     assert [b.n for b in bars] == [b.total for b in bars] and len(bars) == 2

@@ -1,0 +1,220 @@
+"""The epoch of the examples' loop, once for a single run and for vmapped seeds.
+
+:func:`run_epoch` iterates one epoch of training batches and calls the train
+step on each, logging every ``log_every`` steps, the gradient conflict every
+``conflict_every`` steps, and refusing a non-finite loss before it is logged.
+It serves one run (:func:`dsgd_jax.examples.train.train_and_evaluate`, whose
+metrics are scalars) and S seeds trained as one vmapped program
+(:func:`dsgd_jax.examples.seeds.train_seeds`, whose metrics carry a leading
+seed axis) alike: each seed keeps its own data order (:func:`data_order`),
+dropout keys and log. :func:`log_evaluation` and :func:`check_params_finite`
+close an epoch for both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dsgd_jax.examples import interrupt
+from dsgd_jax.examples.data import TaskData, batches
+from dsgd_jax.examples.metrics import MetricsLog
+
+__all__ = [
+    "CompletedSteps",
+    "check_finite",
+    "check_params_finite",
+    "data_order",
+    "log_evaluation",
+    "progress_bar",
+    "run_epoch",
+]
+
+
+def data_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training examples in ``epoch`` of the run seeded ``seed``."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def check_finite(records: list[dict[str, Any]], last_saved: int) -> None:
+    for record in records:
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(
+                f"The training loss is {record['loss']} at step {record['step']} "
+                f"(epoch {record['epoch']}); nothing was logged or saved from it. Lower "
+                "--learning_rate or set --max_grad_norm; the last good checkpoint is "
+                f"epoch {last_saved}."
+            )
+
+
+def progress_bar(config, total: int, epoch: int, show: bool = True):
+    """The epoch's progress bar (off with ``--no-progress`` or when ``show`` is False)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=f"epoch {epoch}/{config.num_epochs}",
+        disable=not (config.progress and show),
+        dynamic_ncols=True,
+        leave=True,
+    )
+
+
+class CompletedSteps:
+    """Advances a progress bar by completed steps, not dispatched ones.
+
+    Under JAX's asynchronous dispatch a loop returns from a step as soon as it is
+    queued, so a bar advanced per call runs ahead of the computation and then
+    stalls at the next read-back. ``dispatched(output)`` is called with each new
+    step's output: it waits for the step before it (one step stays in flight, so
+    the host still prepares the next batch while the device computes) and only
+    then advances the bar; ``finish()`` waits for the last one.
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+        self._in_flight = None
+
+    def dispatched(self, output) -> None:
+        self._complete()
+        self._in_flight = output
+
+    def finish(self) -> None:
+        self._complete()
+
+    def _complete(self) -> None:
+        if self._in_flight is not None:
+            jax.block_until_ready(self._in_flight)
+            self._in_flight = None
+            self.bar.update(1)
+
+
+def _per_seed(tree: dict[str, Any], seeds: int | None) -> list[dict[str, float]]:
+    """Host metrics as one record per seed (``seeds=None``: one run, scalar values)."""
+    if seeds is None:
+        return [{k: float(v) for k, v in tree.items()}]
+    return [{k: float(v[s]) for k, v in tree.items()} for s in range(seeds)]
+
+
+def run_epoch(
+    config,
+    epoch: int,
+    data: TaskData,
+    run_seeds: Sequence[int],
+    train: Callable[..., dict[str, jax.Array]],
+    conflict: Callable[..., dict[str, jax.Array]],
+    dropout_key: Callable[[int], jax.Array],
+    logs: Sequence[MetricsLog],
+    *,
+    steps_per_epoch: int,
+    last_saved: int,
+    stacked: bool,
+    place: Callable[[Any], Any] = lambda batch: batch,
+    show: bool = True,
+    desc: str | None = None,
+) -> None:
+    """One epoch of training.
+
+    Args:
+      config: the run's settings (batch size, logging and conflict intervals, bar).
+      epoch: the epoch, from 1.
+      data: the task; its train split is batched in each seed's :func:`data_order`.
+      run_seeds: the seed of each run (one, or the vmapped group's).
+      train: ``train(inputs, labels, valid, key) -> metrics``, one optimizer step
+        (it updates the runs' state itself).
+      conflict: ``conflict(inputs, labels, valid, key) -> stats`` of
+        :func:`dsgd_jax.gradient_conflict`, without updating.
+      dropout_key: the step's dropout key (stacked per seed when ``stacked``).
+      logs: one log per run (none on the processes that do not write).
+      steps_per_epoch: micro-batches per epoch (the step count runs on across epochs).
+      last_saved: the last checkpointed epoch, named when the loss turns non-finite.
+      stacked: whether the runs are vmapped seeds: batches, keys and metrics then
+        carry a leading seed axis.
+      place: puts a batch where the step reads it (e.g. sharded over a mesh).
+      show: whether this process shows the progress bar.
+      desc: the bar's description (default ``epoch e/E``).
+    """
+    seeds = len(run_seeds) if stacked else None
+    iters = [
+        batches(data.train, config.batch_size, order=data_order(s, epoch, len(data.train)))
+        for s in run_seeds
+    ]
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    bar = progress_bar(config, steps_per_epoch, epoch, show=show)
+
+    def flush():
+        host = jax.device_get(pending)
+        per_run: list[list[dict[str, Any]]] = [[] for _ in run_seeds]
+        for step, metrics in host:
+            for records, values in zip(per_run, _per_seed(metrics, seeds), strict=True):
+                records.append({"kind": "step", "epoch": epoch, "step": step, **values})
+        for records in per_run:
+            check_finite(records, last_saved)
+        for log, records in zip(logs, per_run, strict=False):
+            log.write(records)
+        if host:
+            last = host[-1][1]
+            bar.set_postfix(
+                loss=f"{float(np.mean(last['loss'])):.4f}",
+                acc=f"{float(np.mean(last['fraction_correct'])):.2f}",
+                lam=f"{float(np.mean(last['lambda'])):.3f}",
+            )
+        pending.clear()
+
+    done = CompletedSteps(bar)
+    with bar:
+        if desc:
+            bar.set_description(desc)
+        for i, group in enumerate(zip(*iters, strict=True)):
+            interrupt.check()
+            step = (epoch - 1) * steps_per_epoch + i + 1
+            if stacked:
+                batch = jax.tree.map(lambda *xs: np.stack(xs), *group)
+            else:
+                (batch,) = group
+            batch, key = place(batch), dropout_key(step)
+            if config.conflict_every and step % config.conflict_every == 0:
+                stats = jax.device_get(conflict(*batch, key))
+                for log, values in zip(logs, _per_seed(stats, seeds), strict=False):
+                    log.write([{"kind": "conflict", "epoch": epoch, "step": step, **values}])
+            pending.append((step, train(*batch, key)))
+            done.dispatched(pending[-1][1])
+            if len(pending) >= config.log_every:
+                flush()
+        done.finish()
+        flush()
+
+
+def log_evaluation(logs: Sequence[MetricsLog], epoch: int, evals: Sequence[dict[str, Any]]):
+    """Writes each run's epoch evaluation (its predictions left out) to its log."""
+    for log, metrics in zip(logs, evals, strict=False):
+        kept = {k: v for k, v in metrics.items() if k != "predictions"}
+        log.write([{"kind": "epoch", "epoch": epoch, **kept}])
+
+
+def check_params_finite(
+    params: nnx.State, epoch: int, run_seeds: Sequence[int] | None = None
+) -> None:
+    """Raises FloatingPointError, before the epoch's checkpoint, if a parameter is not
+    finite; ``params`` of vmapped seeds carry a leading seed axis (``run_seeds``)."""
+    leaves = jax.tree.leaves(params)
+    if run_seeds is None:
+        if not all(bool(jnp.all(jnp.isfinite(p))) for p in leaves):
+            raise FloatingPointError(
+                f"Non-finite parameters after epoch {epoch}; the checkpoint was not written. "
+                "Lower --learning_rate or set --max_grad_norm."
+            )
+        return
+    finite = [bool(all(jnp.all(jnp.isfinite(p[s])) for p in leaves)) for s in range(len(run_seeds))]
+    bad = [seed for seed, ok in zip(run_seeds, finite, strict=True) if not ok]
+    if bad:
+        raise FloatingPointError(
+            f"Non-finite parameters after epoch {epoch} for seeds {bad}; no checkpoint was "
+            "written. Lower --learning_rate or set --max_grad_norm."
+        )
