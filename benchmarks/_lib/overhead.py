@@ -40,7 +40,8 @@ from flax import nnx
 
 from _lib import timing
 from dsgd_jax.examples.bert import model as bert_model
-from dsgd_jax.examples.train import TrainConfig, make_optimizer, make_steps
+from dsgd_jax.examples.steps import make_optimizer, make_steps
+from dsgd_jax.examples.train import TrainConfig
 from dsgd_jax.examples.vit import model as vit_model
 
 __all__ = [

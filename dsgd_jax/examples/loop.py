@@ -24,16 +24,18 @@ from flax import nnx
 
 from dsgd_jax.examples import interrupt
 from dsgd_jax.examples.data import TaskData, batches
-from dsgd_jax.examples.metrics import MetricsLog
+from dsgd_jax.examples.metrics import MetricsLog, classification_metrics, mean_pairwise_cosine
 
 __all__ = [
     "CompletedSteps",
     "check_finite",
     "check_params_finite",
     "data_order",
+    "evaluation",
     "log_evaluation",
     "progress_bar",
     "run_epoch",
+    "test_outputs",
 ]
 
 
@@ -218,3 +220,39 @@ def check_params_finite(
             f"Non-finite parameters after epoch {epoch} for seeds {bad}; no checkpoint was "
             "written. Lower --learning_rate or set --max_grad_norm."
         )
+
+
+def test_outputs(predict: Callable[[Any], dict[str, Any]], data: TaskData, config):
+    """``predict(inputs)`` over the test split, padding dropped.
+
+    ``predict`` returns ``{"predictions": [..., B]}`` and optionally ``"features":
+    [..., B, H]`` (a leading axis of S vmapped seeds or none); the result holds
+    the same keys with the B axes of every batch joined into N.
+    """
+    chunks: dict[str, list[np.ndarray]] = {}
+    for inputs, _, valid in batches(data.test, config.eval_batch_size):
+        for name, value in predict(inputs).items():
+            value = np.asarray(value)
+            axis = -1 if name == "predictions" else -2
+            chunks.setdefault(name, []).append(np.compress(valid, value, axis=axis))
+    return {
+        name: np.concatenate(parts, axis=-1 if name == "predictions" else -2)
+        for name, parts in chunks.items()
+    }
+
+
+def evaluation(outputs: dict[str, np.ndarray], data: TaskData, config) -> dict[str, Any]:
+    """Test metrics of one run's test outputs (see :func:`test_outputs`), with the
+    predictions themselves and, where the model gives features, their
+    :func:`~dsgd_jax.examples.metrics.mean_pairwise_cosine`."""
+    predictions = outputs["predictions"]
+    metrics = classification_metrics(
+        data.test.labels,
+        predictions,
+        data.class_names,
+        one_class_share=config.one_class_share,
+    )
+    if "features" in outputs:
+        metrics["representation_cosine"] = mean_pairwise_cosine(outputs["features"])
+    metrics["predictions"] = predictions.tolist()
+    return metrics

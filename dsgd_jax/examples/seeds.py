@@ -28,15 +28,14 @@ from flax import nnx
 
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples import distributed, files, loop
+from dsgd_jax.examples.loop import evaluation, test_outputs
+from dsgd_jax.examples.steps import make_steps
 from dsgd_jax.examples.train import (
     TrainConfig,
     announce_left_over,
     build_run,
     check_workdir,
-    evaluation,
-    make_steps,
     start_log,
-    test_outputs,
     write_summary,
 )
 

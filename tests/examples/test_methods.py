@@ -119,7 +119,7 @@ def test_reinit_layers_resets_the_top_layers_only(example):
     (LayerNorm scale 1 and bias 0, kernels of std 0.02 for BERT), the rest untouched."""
     from flax import nnx
 
-    from dsgd_jax.examples.train import prepare_model
+    from dsgd_jax.examples.steps import prepare_model
 
     if example == "bert":
         from dsgd_jax.examples.bert.model import BertClassifier, BertConfig

@@ -11,7 +11,8 @@ from _helpers import standard_promotion
 
 import dsgd_jax
 from dsgd_jax.examples import optimizers
-from dsgd_jax.examples.train import TrainConfig, make_optimizer
+from dsgd_jax.examples.steps import make_optimizer
+from dsgd_jax.examples.train import TrainConfig
 
 B1, B2 = 0.9, 0.999
 
