@@ -78,13 +78,3 @@ def two_pass_grad(per_example_loss, params, wrong, correct, n, scale):
     g_c = jax.grad(lambda p: jnp.sum(per_example_loss(p)[idx_c]))(params)
     scale, n = float(scale), float(n)
     return jax.tree.map(lambda a, b: (a + scale * b) / n, g_w, g_c)
-
-
-def assert_trees_close(actual, expected, rtol=1e-5, atol=1e-6):
-    jax.tree.map(
-        lambda a, e: np.testing.assert_allclose(
-            np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol
-        ),
-        actual,
-        expected,
-    )

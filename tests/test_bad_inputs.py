@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import assert_trees_close, init_mlp, mlp, np_softmax_ce
+from _helpers import init_mlp, mlp, np_softmax_ce
 from jax import lax
 from jax.experimental import checkify
 
@@ -108,7 +109,7 @@ def test_out_of_range_label_nan_reaches_the_parameters_and_apply_if_finite_skips
     assert np.isnan(float(loss))
     assert all(np.isnan(np.asarray(g)).any() for g in jax.tree.leaves(grads))
     assert int(state.notfinite_count) == 1
-    assert_trees_close(new_params, params, rtol=0, atol=0)  # the step was skipped
+    chex.assert_trees_all_close(new_params, params, rtol=0, atol=0)  # the step was skipped
 
 
 def test_out_of_range_one_hot_and_soft_labels():
@@ -256,7 +257,7 @@ def test_masked_rows_with_nan_or_inf_logits_give_exactly_zero_gradient(kind, poi
     value, (grads, offset_grad) = grad_fn(params, offset)
     ref_value, ref_grads = jax.value_and_grad(removed)(params)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
-    assert_trees_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
     offset_grad = np.asarray(offset_grad)
     assert np.all(offset_grad[~keep] == 0.0), "padded rows must get exactly zero gradient"
     assert np.all(np.isfinite(offset_grad))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import assert_trees_close, init_mlp, mlp, np_softmax_ce, standard_promotion
+from _helpers import init_mlp, mlp, np_softmax_ce, standard_promotion
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -87,8 +88,10 @@ def test_pmap_with_pmean_equals_single_device():
     )
     for d in range(N_DEV):
         np.testing.assert_allclose(p_loss[d], loss, rtol=1e-6)
-        assert_trees_close(jax.tree.map(lambda a, d=d: a[d], p_grads), grads, rtol=1e-6, atol=1e-8)
-        assert_trees_close(
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, d=d: a[d], p_grads), grads, rtol=1e-6, atol=1e-8
+        )
+        chex.assert_trees_all_close(
             jax.tree.map(lambda a, d=d: a[d], p_params), new_params, rtol=1e-6, atol=0
         )
 
@@ -111,8 +114,8 @@ def test_jit_with_named_sharding_equals_single_device():
     s_loss, s_grads, s_params = step(params_r, opt_state, x_s, y_s, mask_s)
     assert len(x_s.sharding.device_set) == N_DEV
     np.testing.assert_allclose(s_loss, loss, rtol=1e-6)
-    assert_trees_close(s_grads, grads, rtol=1e-6, atol=1e-8)
-    assert_trees_close(s_params, new_params, rtol=1e-6, atol=0)
+    chex.assert_trees_all_close(s_grads, grads, rtol=1e-6, atol=1e-8)
+    chex.assert_trees_all_close(s_params, new_params, rtol=1e-6, atol=0)
 
 
 def test_shard_map_equals_single_device():
@@ -138,8 +141,8 @@ def test_shard_map_equals_single_device():
     )
     m_loss, m_grads, m_params = sharded(params_r, opt_state, x_s, y_s, mask_s)
     np.testing.assert_allclose(m_loss, loss, rtol=1e-6)
-    assert_trees_close(m_grads, grads, rtol=1e-6, atol=1e-8)
-    assert_trees_close(m_params, new_params, rtol=1e-6, atol=0)
+    chex.assert_trees_all_close(m_grads, grads, rtol=1e-6, atol=1e-8)
+    chex.assert_trees_all_close(m_params, new_params, rtol=1e-6, atol=0)
 
 
 def test_scaled_mean_with_axis_name_and_uneven_masks_is_the_global_mean():

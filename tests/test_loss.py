@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from _helpers import (
-    assert_trees_close,
     init_mlp,
     mlp,
     np_sigmoid_bce,
@@ -16,6 +16,7 @@ from _helpers import (
     standard_promotion,
     two_pass_grad,
 )
+from absl.testing import parameterized
 
 import dsgd_jax
 
@@ -57,29 +58,38 @@ def _np_correct(kind, logits, labels):
     return logits.argmax(-1) == target
 
 
-@pytest.mark.parametrize("kind", ["int", "onehot", "sigmoid", "int_masked", "sigmoid_masked"])
-@pytest.mark.parametrize("scale", [0.0, 0.3, 1.0])
-def test_gradient_equals_two_pass_reference(kind, scale):
-    params, x, labels, plain, correct_fn, where = _problem(kind)
-    dsgd_loss = dsgd_jax.make_dsgd_loss(plain, correct_fn)
+class GradientContract(chex.TestCase):
+    """The DSGD gradient against the two-pass reference, eagerly, under ``jit`` and under
+    ``pmap`` (each device computing the same batch's gradient)."""
 
-    @jax.jit
-    def grad_fn(p, scale):
-        return jax.grad(lambda p: dsgd_loss(mlp(p, x), labels, scale=scale, where=where))(p)
-
-    logits = mlp(params, x)
-    correct = _np_correct(kind, logits, labels)
-    valid = np.ones(correct.shape, bool)
-    if where is not None:
-        valid = np.broadcast_to(
-            np.asarray(where).reshape(B, *([1] * (correct.ndim - 1))), valid.shape
-        )
-    wrong_v, correct_v = valid & ~correct, valid & correct
-    assert wrong_v.any() and correct_v.any(), "the batch must hold both groups"
-    expected = two_pass_grad(
-        lambda p: plain(mlp(p, x), labels), params, wrong_v, correct_v, valid.sum(), scale
+    @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+    @parameterized.product(
+        kind=["int", "onehot", "sigmoid", "int_masked", "sigmoid_masked"],
+        scale=[0.0, 0.3, 1.0],
     )
-    assert_trees_close(grad_fn(params, jnp.float32(scale)), expected, rtol=1e-5, atol=1e-7)
+    def test_gradient_equals_two_pass_reference(self, kind, scale):
+        params, x, labels, plain, correct_fn, where = _problem(kind)
+        dsgd_loss = dsgd_jax.make_dsgd_loss(plain, correct_fn)
+
+        @self.variant
+        def grad_fn(p, scale):
+            return jax.grad(lambda p: dsgd_loss(mlp(p, x), labels, scale=scale, where=where))(p)
+
+        logits = mlp(params, x)
+        correct = _np_correct(kind, logits, labels)
+        valid = np.ones(correct.shape, bool)
+        if where is not None:
+            valid = np.broadcast_to(
+                np.asarray(where).reshape(B, *([1] * (correct.ndim - 1))), valid.shape
+            )
+        wrong_v, correct_v = valid & ~correct, valid & correct
+        assert wrong_v.any() and correct_v.any(), "the batch must hold both groups"
+        expected = two_pass_grad(
+            lambda p: plain(mlp(p, x), labels), params, wrong_v, correct_v, valid.sum(), scale
+        )
+        with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+            actual = grad_fn(params, jnp.float32(scale))
+        chex.assert_trees_all_close(actual, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["int", "onehot", "sigmoid"])
@@ -94,7 +104,7 @@ def test_scale_one_is_plain_fine_tuning(kind):
         return jnp.mean(plain(mlp(p, x), labels))
 
     np.testing.assert_allclose(dsgd_obj(params), plain_obj(params), rtol=1e-6)
-    assert_trees_close(jax.grad(dsgd_obj)(params), jax.grad(plain_obj)(params), rtol=1e-6)
+    chex.assert_trees_all_close(jax.grad(dsgd_obj)(params), jax.grad(plain_obj)(params), rtol=1e-6)
 
 
 def test_scale_zero_is_wrong_examples_over_batch_size():
