@@ -17,7 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from dsgd_jax.examples.stability import machine_info
+from _lib.readme import fill_block
+
+from dsgd_jax.examples import markdown as markdown_table
+from dsgd_jax.examples.stability_results import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -82,16 +85,14 @@ def markdown(results: dict) -> str:
     cfg = any_run["config"]
     classes = list(any_run["per_class_recall"])
     recall_head = " / ".join(classes) if len(classes) <= 4 else "of the classes"
-    rows = [
-        f"| method | accuracy | macro-F1 | recall {recall_head} | failed | wall time |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for method, s in results["runs"].items():
-        rows.append(
-            f"| {method.upper()} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} "
-            f"| {_recall(s['per_class_recall'])} | {failure(s)} "
-            f"| {s['wall_time_s'] / 60:.1f} min |"
-        )
+    table = markdown_table.table(
+        ["method", "accuracy", "macro-F1", f"recall {recall_head}", "failed", "wall time"],
+        [
+            [method.upper(), f"{s['accuracy']:.4f}", f"{s['macro_f1']:.4f}",
+             _recall(s["per_class_recall"]), failure(s), f"{s['wall_time_s'] / 60:.1f} min"]
+            for method, s in results["runs"].items()
+        ],
+    )  # fmt: skip
     missed = [
         c for c in classes if all(s["per_class_recall"][c] == 0.0 for s in results["runs"].values())
     ]
@@ -129,7 +130,7 @@ def markdown(results: dict) -> str:
             f"({m['cores']} cores, no GPU; jax {m['jax']}, flax {m['flax']}); raw results in "
             f"`benchmarks/results/{example}_default.json`:",
             "",
-            *rows,
+            table.rstrip(),
             "",
             f"{verdict}{missed_line}Wall time includes loading, compiling and evaluating; it is "
             "not a speed comparison. One seed is one sample: the seed-stability protocol (10 "
@@ -141,12 +142,7 @@ def markdown(results: dict) -> str:
 
 
 def update_readme(results: dict) -> None:
-    marker = EXAMPLES[results["example"]]["marker"]
-    start_tag, end_tag = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(start_tag)
-    end = readme.index(end_tag) + len(end_tag) if end_tag in readme else start + len(start_tag)
-    (ROOT / "README.md").write_text(readme[:start] + markdown(results) + readme[end:])
+    fill_block(ROOT / "README.md", EXAMPLES[results["example"]]["marker"], markdown(results))
 
 
 def cli(argv=None) -> int:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from _lib.overview import format_lr
 
+from dsgd_jax.examples import markdown as markdown_table
 from dsgd_jax.examples import stability
 from dsgd_jax.examples.stability_stats import load_results, run_failures
 
@@ -163,21 +164,20 @@ def summarize(entry: dict, results: dict) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     """The pilot table in markdown."""
-    lines = [
-        "| setting | changed from the stable recipe | lr | failed | collapsed | bimodal "
-        "| majority rate (%) | accuracy per seed (%) | std (points) | escape epoch per seed |",
-        "|---|---|---:|---:|---:|:---:|---:|---|---:|---|",
-    ]
+    columns = (
+        "setting", "changed from the stable recipe", "lr", "failed", "collapsed", "bimodal",
+        "majority rate (%)", "accuracy per seed (%)", "std (points)", "escape epoch per seed",
+    )  # fmt: skip
+    cells = []
     for r in rows:
         escape = ", ".join("never" if e is None else str(e) for e in r["escape_epochs"])
-        lines.append(
-            f"| {r['name']} | {r['factors']} | {format_lr(r['learning_rate'])} "
-            f"| {r['failed']}/{r['seeds']} | {r['collapsed']}/{r['seeds']} "
-            f"| {'yes' if r['bimodal'] else 'no'} | {100 * r['majority_rate']:.2f} "
-            f"| {', '.join(f'{100 * a:.2f}' for a in r['accuracies'])} "
-            f"| {100 * r['std']:.2f} | {escape} |"
-        )
-    return "\n".join(lines) + "\n"
+        cells.append([
+            r["name"], r["factors"], format_lr(r["learning_rate"]),
+            f"{r['failed']}/{r['seeds']}", f"{r['collapsed']}/{r['seeds']}",
+            "yes" if r["bimodal"] else "no", f"{100 * r['majority_rate']:.2f}",
+            ", ".join(f"{100 * a:.2f}" for a in r["accuracies"]), f"{100 * r['std']:.2f}", escape,
+        ])  # fmt: skip
+    return markdown_table.table(columns, cells, "llrrrcrlrl")
 
 
 def plot(rows: list[dict], path: Path) -> Path:

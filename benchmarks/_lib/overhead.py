@@ -39,6 +39,7 @@ import optax
 from flax import nnx
 
 from _lib import timing
+from dsgd_jax.examples import markdown
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.steps import make_optimizer, make_steps
 from dsgd_jax.examples.train import TrainConfig
@@ -309,22 +310,20 @@ def run_benchmark(
 
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per (config, variant): median step, IQR, ratios to AdamW, compile, memory."""
-    lines = [
-        "| config | variant | median step (ms) | IQR (ms) | ratio to AdamW (median [IQR]) "
-        "| XLA flops ratio | compile (s) | XLA temp (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    columns = (
+        "config", "variant", "median step (ms)", "IQR (ms)", "ratio to AdamW (median [IQR])",
+        "XLA flops ratio", "compile (s)", "XLA temp (MiB)",
+    )  # fmt: skip
+    rows = []
     for name, entry in results.items():
         base_flops = entry["variants"][BASELINE]["flops"]
         for variant, s in entry["variants"].items():
             flops = f"{s['flops'] / base_flops:.4f}" if base_flops else "n/a"
             ratio = f"{s['ratio_median']:.3f} [{s['ratio_q25']:.3f}, {s['ratio_q75']:.3f}]"
             median, iqr = timing.format_ms(s["median_s"]), timing.format_ms(s["iqr_s"])
-            lines.append(
-                f"| {name} | {variant} | {median} | {iqr} "
-                f"| {ratio} | {flops} | {s['compile_s']:.1f} | {s['memory']['temp'] / 2**20:.1f} |"
-            )
-    return "\n".join(lines) + "\n"
+            memory = f"{s['memory']['temp'] / 2**20:.1f}"
+            rows.append([name, variant, median, iqr, ratio, flops, f"{s['compile_s']:.1f}", memory])
+    return markdown.table(columns, rows)
 
 
 def plot_ratios(results: dict[str, Any], path: Path, title: str) -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from dsgd_jax.examples import markdown
 from dsgd_jax.examples.stability_report import _DASH, _figure, _percent, _save
 from dsgd_jax.examples.stability_stats import (
     failed_mask,
@@ -142,12 +143,12 @@ def overview_table(
     whether FFT fails on some seeds but not all (the settings that can test
     whether DSGD removes failed seeds), and the best other method by mean accuracy.
     """
-    lines = [
-        "| setting | seeds | FFT accuracy (%) | DSGD accuracy (%) | FFT macro-F1 (%) "
-        "| DSGD macro-F1 (%) | failed | collapsed | missing a class "
-        "| FFT fails on some seeds | best other method |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
-    ]
+    columns = (
+        "setting", "seeds", "FFT accuracy (%)", "DSGD accuracy (%)", "FFT macro-F1 (%)",
+        "DSGD macro-F1 (%)", "failed", "collapsed", "missing a class",
+        "FFT fails on some seeds", "best other method",
+    )  # fmt: skip
+    rows = []
     for row in overview_rows(all_results, base=base, dsgd=dsgd):
         f, d = row["base"], row["dsgd"]
         best = row["best_other"]
@@ -165,8 +166,8 @@ def overview_table(
             else f"{best[0]} {_percent(best[1]['accuracy_mean'])} ± "
             f"{_percent(best[1]['accuracy_std'])}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return markdown.table(columns, rows, "lrrrrrrrrcl")
 
 
 def plot_overview(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dsgd_jax.examples import markdown
 from dsgd_jax.examples.stability_stats import (
     _both_groups,
     ensemble_rows,
@@ -75,8 +76,7 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
     """
     columns = ("method", "seeds", "accuracy (%)", "macro-F1 (%)", "min (%)", "max (%)")
     flags = ("failed", "collapsed", "≥95% one class", "missing a class", "time/run")
-    header = "| " + " | ".join((*columns, *flags)) + " |"
-    lines = [header, "|" + "|".join(["---"] + ["---:"] * 10) + "|"]
+    rows = []
     for label, s in method_stats(results).items():
         n = s["n"]
         cells = [
@@ -89,12 +89,11 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
             *(f"{s[k]}/{n}" for k in ("failed", "collapsed", "mostly_one_class", "missing_class")),
             _format_time(s["wall_time_mean"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     for row in ensemble_rows(results, base=base, dsgd=dsgd):
         accuracy = f"{_percent(row['accuracy_mean'])} ± {_percent(row['accuracy_std'])}"
-        cells = [row["method"], str(row["subsets"]), accuracy] + [_DASH] * 8
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([row["method"], str(row["subsets"]), accuracy] + [_DASH] * 8)
+    return markdown.table((*columns, *flags), rows, "l" + "r" * 10)
 
 
 def seed_table(results: Mapping[str, Any]) -> str:
@@ -105,11 +104,11 @@ def seed_table(results: Mapping[str, Any]) -> str:
     pairwise cosine of the final test features (``—`` if not recorded) and the
     gradient-conflict statistics of :func:`trace_stats` (``—`` without a trace).
     """
-    lines = [
-        "| method | seed | accuracy (%) | failed | collapsed | escape epoch | feature cosine "
-        "| mean cos(g_W, g_C) | steps cos < 0 | steps cos < -0.5 |",
-        "|---|---:|---:|:---:|:---:|---:|---:|---:|---:|---:|",
-    ]
+    columns = (
+        "method", "seed", "accuracy (%)", "failed", "collapsed", "escape epoch", "feature cosine",
+        "mean cos(g_W, g_C)", "steps cos < 0", "steps cos < -0.5",
+    )  # fmt: skip
+    rows = []
     labels = results["test_labels"]
     for label, runs in runs_by_label(results).items():
         for run in runs:
@@ -134,8 +133,8 @@ def seed_table(results: Mapping[str, Any]) -> str:
                     ]
                 ),
             ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append(cells)
+    return markdown.table(columns, rows, "lrrccrrrrr")
 
 
 def _title(results: Mapping[str, Any], what: str) -> str:

@@ -605,3 +605,14 @@ def test_load_settings_in_setting_order(tmp_path):
         for folder, _ in stability_readme.load_settings(stability_readme.results_folders(tmp_path))
     ]
     assert order == ["lr2e-5", "x-first", "lr1e-4", "lr3e-4", "a-tweets", "vit"]
+
+
+def test_markdown_tables_align_columns_and_refuse_ragged_rows():
+    from dsgd_jax.examples import markdown
+
+    text = markdown.table(["a", "b", "c"], [[1, 2.5, "x"]], "rc")
+    assert text.splitlines() == ["| a | b | c |", "|---:|:---:|---|", "| 1 | 2.5 | x |"]
+    with pytest.raises(ValueError, match="2 cells for 3 columns"):
+        markdown.table(["a", "b", "c"], [[1, 2]])
+    with pytest.raises(ValueError, match="align='rx'"):
+        markdown.table(["a", "b"], [], "rx")
