@@ -14,12 +14,13 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dsgd_jax.examples import distributed, interrupt
 from dsgd_jax.examples.metrics import format_summary
 from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
 
-__all__ = ["main", "parse_config"]
+__all__ = ["field_value", "main", "parse_config"]
 
 
 def build_parser(config_cls: type[TrainConfig], prog: str, description: str):
@@ -46,6 +47,24 @@ def build_parser(config_cls: type[TrainConfig], prog: str, description: str):
                 kwargs["choices"] = field.metadata["choices"]
         parser.add_argument(f"--{field.name}", **kwargs)
     return parser
+
+
+def field_value(config_cls: type[TrainConfig], name: str, text: str, where: str) -> Any:
+    """``text`` as the value of field ``name``, converted and checked as its command-line
+    flag does (type, choices; ``true``/``false`` for a switch); ValueError naming ``where``."""
+    parser = build_parser(config_cls, where, "")
+    parser.exit_on_error = False
+    kind = typing.get_type_hints(config_cls)[name]
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{where!r}: {text!r} is not a valid bool (true or false).")
+        argv = [f"--{name}" if text.lower() in ("true", "1") else f"--no-{name}"]
+    else:
+        argv = [f"--{name}={text}"]
+    try:
+        return getattr(parser.parse_args(argv), name)
+    except argparse.ArgumentError as e:
+        raise ValueError(f"{where!r}: {e.message}.") from None
 
 
 def parse_config(

@@ -19,12 +19,12 @@ import dataclasses
 import json
 import re
 import sys
-import typing
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dsgd_jax.examples import files
+from dsgd_jax.examples.cli import field_value
 from dsgd_jax.examples.stability_results import (
     FREE_FIELDS,
     check_same_settings,
@@ -88,7 +88,6 @@ class MethodSpec:
         name, *parts = text.strip().split("/")
         if name not in METHODS:
             raise ValueError(f"Unknown method {name!r} in --methods; choose from {tuple(METHODS)}.")
-        hints = typing.get_type_hints(config_cls)
         fields = {f.name for f in dataclasses.fields(config_cls)}
         overrides: list[tuple[str, Any]] = [("method", name)]
         for part in parts:
@@ -98,7 +97,7 @@ class MethodSpec:
                     f"{part!r} in --methods entry {text!r} is not field=value of a "
                     f"{config_cls.__name__} field (e.g. dsgd/scaler=cosine/beta=0.5)."
                 )
-            overrides.append((key, _convert(value, hints[key], part)))
+            overrides.append((key, field_value(config_cls, key, value, part)))
         return cls(text.strip(), tuple(overrides))
 
     def apply(self, config: TrainConfig) -> TrainConfig:
@@ -107,17 +106,6 @@ class MethodSpec:
     @property
     def dirname(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label.replace("/", "__"))
-
-
-def _convert(value: str, kind: Any, part: str) -> Any:
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{part!r}: {value!r} is not a valid {kind.__name__}.") from None
 
 
 def expand_methods(text: str, config_cls: type[TrainConfig]) -> list[MethodSpec]:

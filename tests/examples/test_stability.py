@@ -123,8 +123,15 @@ def test_method_specs_and_errors():
         stability.expand_methods("sgd", BertExampleConfig)
     with pytest.raises(ValueError, match="not field=value"):
         stability.expand_methods("dsgd/betta=0.5", BertExampleConfig)
-    with pytest.raises(ValueError, match="not a valid float"):
+    # Values convert and are checked as the command line's flags are: type, choices, switches.
+    with pytest.raises(ValueError, match="'high'"):
         stability.expand_methods("dsgd/beta=high", BertExampleConfig)
+    with pytest.raises(ValueError, match="'cos'.*cosine"):
+        stability.expand_methods("dsgd/scaler=cos", BertExampleConfig)
+    off, on = stability.expand_methods("fft/progress=false,dsgd/progress=1", BertExampleConfig)
+    assert dict(off.overrides)["progress"] is False and dict(on.overrides)["progress"] is True
+    with pytest.raises(ValueError, match="'maybe'"):
+        stability.expand_methods("fft/progress=maybe", BertExampleConfig)
     assert stability._seeds("3") == [42, 52, 62] and stability._seeds("7,8") == [7, 8]
 
 
