@@ -126,7 +126,7 @@ def test_method_specs_and_errors():
     # Values convert and are checked as the command line's flags are: type, choices, switches.
     with pytest.raises(ValueError, match="'high'"):
         stability.expand_methods("dsgd/beta=high", BertExampleConfig)
-    with pytest.raises(ValueError, match="'cos'.*cosine"):
+    with pytest.raises(ValueError, match=r"'cos'.*cosine"):
         stability.expand_methods("dsgd/scaler=cos", BertExampleConfig)
     off, on = stability.expand_methods("fft/progress=false,dsgd/progress=1", BertExampleConfig)
     assert dict(off.overrides)["progress"] is False and dict(on.overrides)["progress"] is True
