@@ -7,15 +7,16 @@ It serves one run (:func:`dsgd_jax.examples.train.train_and_evaluate`, whose
 metrics are scalars) and S seeds trained as one vmapped program
 (:func:`dsgd_jax.examples.seeds.train_seeds`, whose metrics carry a leading
 seed axis) alike: each seed keeps its own data order (:func:`data_order`),
-dropout keys and log. :func:`log_evaluation` and :func:`check_params_finite`
-close an epoch for both.
+dropout keys and log. :func:`train_epochs` runs the epochs of either, from the
+first unfinished one: train, evaluate, log, check the parameters, checkpoint,
+stop when asked; a :class:`Runs` says how one run or a vmapped group does each.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ __all__ = [
     "progress_bar",
     "run_epoch",
     "test_outputs",
+    "train_epochs",
 ]
 
 
@@ -256,3 +258,62 @@ def evaluation(outputs: dict[str, np.ndarray], data: TaskData, config) -> dict[s
         metrics["representation_cosine"] = mean_pairwise_cosine(outputs["features"])
     metrics["predictions"] = predictions.tolist()
     return metrics
+
+
+class Runs(Protocol):
+    """What :func:`train_epochs` needs of one run or of a vmapped group of seeds."""
+
+    seeds: Sequence[int]  # the seed of each run
+    stacked: bool  # vmapped seeds: batches, keys and metrics carry a leading seed axis
+
+    def train(self, inputs, labels, valid, key) -> dict[str, jax.Array]: ...
+    def conflict(self, inputs, labels, valid, key) -> dict[str, jax.Array]: ...
+    def dropout_key(self, step: int) -> jax.Array: ...
+    def evaluate(self) -> list[dict[str, Any]]: ...
+    def params(self) -> nnx.State: ...
+    def save(self, epoch: int) -> None: ...
+
+
+def train_epochs(
+    config,
+    runs: Runs,
+    data: TaskData,
+    logs: Sequence[MetricsLog],
+    *,
+    last_saved: int | None,
+    steps_per_epoch: int,
+    checkpoints: bool,
+    place: Callable[[Any], Any] = lambda batch: batch,
+    show: bool = True,
+) -> tuple[list[dict[str, Any]], int]:
+    """Trains the epochs after ``last_saved`` (all when None): per epoch, train
+    (:func:`run_epoch`), evaluate, log the evaluation, check the parameters, save a
+    checkpoint (if ``checkpoints``) and stop after ``config.stop_after_epochs``.
+
+    Returns:
+      The last evaluation of each run (of the restored state, for a run resumed
+      after its last epoch) and the number of epochs done.
+    """
+    first_epoch = (last_saved or 0) + 1
+    saved, epochs_done = last_saved or 0, first_epoch - 1
+    evals: list[dict[str, Any]] | None = None
+    group = f"{len(runs.seeds)} seeds, " if runs.stacked else ""
+    for epoch in range(first_epoch, config.num_epochs + 1):
+        run_epoch(
+            config, epoch, data, runs.seeds, runs.train, runs.conflict, runs.dropout_key, logs,
+            steps_per_epoch=steps_per_epoch, last_saved=saved, stacked=runs.stacked,
+            place=place, show=show,
+            desc=f"{group}epoch {epoch}/{config.num_epochs}" if group else None,
+        )  # fmt: skip
+        evals = runs.evaluate()
+        log_evaluation(logs, epoch, evals)
+        check_params_finite(runs.params(), epoch, runs.seeds if runs.stacked else None)
+        if checkpoints:
+            runs.save(epoch)
+            saved = epoch
+        epochs_done = epoch
+        if config.stop_after_epochs and epoch - first_epoch + 1 >= config.stop_after_epochs:
+            break
+    if evals is None:  # resumed after the last epoch: evaluate what was restored
+        evals = runs.evaluate()
+    return evals, epochs_done

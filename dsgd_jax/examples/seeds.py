@@ -129,61 +129,75 @@ def _train_group(configs, workdirs, managers, last_saved, start, num):
     state = _stack([nnx.split((r.model, r.optimizer))[1] for r in runs])
     dropout_keys = jnp.stack([r.dropout_key for r in runs])
 
-    def pure_train(state, inputs, labels, valid, key):
-        model, optimizer = nnx.merge(graphdef, state)
-        metrics = steps.train(model, optimizer, inputs, labels, valid, key)
-        return nnx.split((model, optimizer))[1], metrics
-
-    def pure_conflict(state, inputs, labels, valid, key):
-        return steps.conflict(*nnx.merge(graphdef, state), inputs, labels, valid, key)
-
-    def pure_predict(state, inputs):
-        return steps.predict(*nnx.merge(graphdef, state), inputs)
-
-    train = jax.jit(jax.vmap(pure_train))
-    conflict = jax.jit(jax.vmap(pure_conflict))
-    predict = jax.jit(jax.vmap(pure_predict, in_axes=(0, None)))
-    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-
-    first_epoch = (last_saved or 0) + 1
-    epochs_done, saved = first_epoch - 1, last_saved or 0
-    evals: list[dict[str, Any]] | None = None
-
-    def train_step(inputs, labels, valid, keys):
-        nonlocal state
-        state, metrics = train(state, inputs, labels, valid, keys)
-        return metrics
-
-    for epoch in range(first_epoch, config.num_epochs + 1):
-        loop.run_epoch(
-            config, epoch, data, [c.seed for c in configs], train_step,
-            lambda *batch: conflict(state, *batch), lambda step: fold(dropout_keys, step), logs,
-            steps_per_epoch=runs[0].steps_per_epoch, last_saved=saved, stacked=True,
-            desc=f"{num} seeds, epoch {epoch}/{config.num_epochs}",
-        )  # fmt: skip
-        evals = _evaluate(predict, state, data, configs)
-        loop.log_evaluation(logs, epoch, evals)
-        loop.check_params_finite(
-            nnx.filter_state(state[0], nnx.Param), epoch, [c.seed for c in configs]
-        )
-        if managers[0] is not None:
-            for s, manager in enumerate(managers):
-                model, optimizer = nnx.merge(graphdef, _unstack(state, s))
-                ckpt.save(manager, epoch, model, optimizer, configs[s].to_dict())
-            saved = epoch
-        epochs_done = epoch
-        if config.stop_after_epochs and epoch - first_epoch + 1 >= config.stop_after_epochs:
-            break
-
-    if evals is None:  # resumed a finished group: evaluate what was restored
-        evals = _evaluate(predict, state, data, configs)
+    group = _Group(configs, data, graphdef, state, dropout_keys, steps, managers)
+    evals, epochs_done = loop.train_epochs(
+        config, group, data, logs, last_saved=last_saved,
+        steps_per_epoch=runs[0].steps_per_epoch, checkpoints=managers[0] is not None,
+    )  # fmt: skip
     wall = (time.perf_counter() - start) / num
     summaries = []
     for s, (c, w, run) in enumerate(zip(configs, workdirs, runs, strict=True)):
-        model, _ = nnx.merge(graphdef, _unstack(state, s))
+        model, _ = nnx.merge(graphdef, _unstack(group.state, s))
         metrics = {**evals[s], "vmapped_seeds": num}
         summaries.append(write_summary(w, c, run, model, epochs_done, wall, metrics))
     return summaries
+
+
+class _Group:
+    """Vmapped seeds for :func:`~dsgd_jax.examples.loop.train_epochs`: the very steps of
+    a single run, as pure functions of the stacked state under ``jax.jit(jax.vmap(...))``."""
+
+    stacked = True
+
+    def __init__(self, configs, data, graphdef, state, dropout_keys, steps, managers):
+        self.configs, self.data, self.seeds = configs, data, [c.seed for c in configs]
+        self.graphdef, self.state, self.keys, self.managers = (
+            graphdef,
+            state,
+            dropout_keys,
+            managers,
+        )
+
+        def pure_train(state, inputs, labels, valid, key):
+            model, optimizer = nnx.merge(graphdef, state)
+            metrics = steps.train(model, optimizer, inputs, labels, valid, key)
+            return nnx.split((model, optimizer))[1], metrics
+
+        def pure_conflict(state, inputs, labels, valid, key):
+            return steps.conflict(*nnx.merge(graphdef, state), inputs, labels, valid, key)
+
+        def pure_predict(state, inputs):
+            return steps.predict(*nnx.merge(graphdef, state), inputs)
+
+        self._train = jax.jit(jax.vmap(pure_train))
+        self._conflict = jax.jit(jax.vmap(pure_conflict))
+        self._predict = jax.jit(jax.vmap(pure_predict, in_axes=(0, None)))
+        self._fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+    def train(self, *batch):
+        self.state, metrics = self._train(self.state, *batch)
+        return metrics
+
+    def conflict(self, *batch):
+        return self._conflict(self.state, *batch)
+
+    def dropout_key(self, step):
+        return self._fold(self.keys, step)
+
+    def evaluate(self):
+        outputs = test_outputs(lambda x: self._predict(self.state, x), self.data, self.configs[0])
+        return [
+            evaluation({k: v[s] for k, v in outputs.items()}, self.data, c)
+            for s, c in enumerate(self.configs)
+        ]
+
+    def params(self):
+        return nnx.filter_state(self.state[0], nnx.Param)  # (model, optimizer) -> the model's
+
+    def save(self, epoch):
+        for s, manager in enumerate(self.managers):
+            model, optimizer = nnx.merge(self.graphdef, _unstack(self.state, s))
+            ckpt.save(manager, epoch, model, optimizer, self.configs[s].to_dict())
 
 
 def _restore_common(runs, managers, newest: int) -> int | None:
@@ -210,10 +224,3 @@ def _restore_common(runs, managers, newest: int) -> int | None:
             if target is None or epoch > target:
                 manager.delete(epoch)
     return target
-
-
-def _evaluate(predict, state, data, configs) -> list[dict[str, Any]]:
-    outputs = test_outputs(lambda x: predict(state, x), data, configs[0])
-    return [
-        evaluation({k: v[s] for k, v in outputs.items()}, data, c) for s, c in enumerate(configs)
-    ]

@@ -394,51 +394,59 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
     _replicate(placement, model, optimizer)
     dropout_key = placement.replicate(run.dropout_key)
     steps = make_steps(config, run.total_updates, run.wrt)
-    train_step, conflict_step, predict_step = (nnx.jit(f) for f in steps)
 
     if last_saved is not None:  # resume: the newest checkpoint that reads back intact
         last_saved = ckpt.restore_latest(manager, model, optimizer)
-    first_epoch = (last_saved or 0) + 1
     log = start_log(workdir, config, last_saved) if primary else None
 
-    def evaluate():
-        def predict(inputs):
-            outputs = predict_step(model, optimizer, placement.shard(inputs))
-            return jax.tree.map(placement.gather, outputs)
-
-        return evaluation(test_outputs(predict, data, config), data, config)
-
-    eval_metrics: dict[str, Any] | None = None
-    epochs_done = first_epoch - 1
-    logs = [log] if log is not None else []
+    runs = _OneRun(config, data, model, optimizer, dropout_key, steps, placement, manager)
     try:
-        for epoch in range(first_epoch, config.num_epochs + 1):
-            loop.run_epoch(
-                config, epoch, data, [config.seed],
-                lambda *batch: train_step(model, optimizer, *batch),
-                lambda *batch: conflict_step(model, optimizer, *batch),
-                lambda step: jax.random.fold_in(dropout_key, step), logs,
-                steps_per_epoch=run.steps_per_epoch, last_saved=last_saved or 0, stacked=False,
-                place=placement.shard, show=primary,
-            )  # fmt: skip
-            eval_metrics = evaluate()
-            loop.log_evaluation(logs, epoch, [eval_metrics])
-            loop.check_params_finite(nnx.state(model, nnx.Param), epoch)
-            if manager is not None:
-                ckpt.save(manager, epoch, model, optimizer, config.to_dict())
-                last_saved = epoch
-            epochs_done = epoch
-            if config.stop_after_epochs and epoch - first_epoch + 1 >= config.stop_after_epochs:
-                break
+        evals, epochs_done = loop.train_epochs(
+            config, runs, data, [log] if log is not None else [], last_saved=last_saved,
+            steps_per_epoch=run.steps_per_epoch, checkpoints=manager is not None,
+            place=placement.shard, show=primary,
+        )  # fmt: skip
     finally:
         if manager is not None:
             manager.wait_until_finished()
             manager.close()
-
-    if eval_metrics is None:  # resumed a finished run: evaluate what was restored
-        eval_metrics = evaluate()
     wall = time.perf_counter() - start
-    return write_summary(workdir, config, run, model, epochs_done, wall, eval_metrics, primary)
+    return write_summary(workdir, config, run, model, epochs_done, wall, evals[0], primary)
+
+
+class _OneRun:
+    """One run for :func:`~dsgd_jax.examples.loop.train_epochs`: jitted steps on the
+    (possibly data-parallel) model and optimizer, updated in place."""
+
+    stacked = False
+
+    def __init__(self, config, data, model, optimizer, dropout_key, steps, placement, manager):
+        self.config, self.data, self.seeds = config, data, [config.seed]
+        self.model, self.optimizer, self.key = model, optimizer, dropout_key
+        self.placement, self.manager = placement, manager
+        self._train, self._conflict, self._predict = (nnx.jit(f) for f in steps)
+
+    def train(self, *batch):
+        return self._train(self.model, self.optimizer, *batch)
+
+    def conflict(self, *batch):
+        return self._conflict(self.model, self.optimizer, *batch)
+
+    def dropout_key(self, step):
+        return jax.random.fold_in(self.key, step)
+
+    def evaluate(self):
+        def predict(inputs):
+            outputs = self._predict(self.model, self.optimizer, self.placement.shard(inputs))
+            return jax.tree.map(self.placement.gather, outputs)
+
+        return [evaluation(test_outputs(predict, self.data, self.config), self.data, self.config)]
+
+    def params(self):
+        return nnx.state(self.model, nnx.Param)
+
+    def save(self, epoch):
+        ckpt.save(self.manager, epoch, self.model, self.optimizer, self.config.to_dict())
 
 
 def _replicate(placement: distributed.Placement, model, optimizer) -> None:
