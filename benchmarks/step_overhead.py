@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 from _lib import overhead
 
-from dsgd_jax.examples.stability import machine_info
+from dsgd_jax.examples.stability_results import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_overhead"
 
@@ -43,6 +43,9 @@ def parse_args(argv):
     )
     parser.add_argument("--steps", type=int, default=0, help="timed rounds (default 20; quick 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
+    parser.add_argument(
+        "--dtype", choices=overhead.DTYPES, default="float32", help="the models' compute dtype"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
@@ -62,7 +65,8 @@ def parse_args(argv):
     if args.warmup < 0:
         parser.error(f"--warmup={args.warmup}: give 0 or more")
     platform = jax.devices()[0].platform
-    args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{platform}"
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{platform}{suffix}"
     return args
 
 
@@ -77,6 +81,7 @@ def main(argv=None) -> int:
         warmup=args.warmup,
         variants=args.variants,
         show_bar=args.progress,
+        dtype=args.dtype,
     )
     result = {
         "command": "python benchmarks/step_overhead.py " + " ".join(argv),

@@ -48,6 +48,7 @@ from dsgd_jax.examples.vit import model as vit_model
 __all__ = [
     "CONFIGS",
     "CONTROL",
+    "DTYPES",
     "FULL",
     "KNOWN_VARIANTS",
     "QUICK",
@@ -78,12 +79,14 @@ class ModelSpec:
     batch_size: int
     seq_len: int = 0  # BERT only; ViT's image size comes from the preset
     num_classes: int = 3
+    dtype: str = "float32"  # the compute dtype (parameters and optimizer stay float32)
 
     def describe(self) -> str:
+        compute = "" if self.dtype == "float32" else f", {self.dtype} compute"
         if self.example == "bert":
-            return f"BERT {self.preset}, batch {self.batch_size} x {self.seq_len} tokens"
+            return f"BERT {self.preset}, batch {self.batch_size} x {self.seq_len} tokens{compute}"
         size = vit_model.ViTConfig.preset(self.preset).image_size
-        return f"ViT {self.preset}, batch {self.batch_size} x {size}x{size}"
+        return f"ViT {self.preset}, batch {self.batch_size} x {size}x{size}{compute}"
 
 
 CONFIGS = {
@@ -94,6 +97,7 @@ CONFIGS = {
     "vit-b16": ModelSpec("vit", "b16", 32, num_classes=10),
 }
 QUICK = ("bert-tiny", "vit-tiny")
+DTYPES = ("float32", "bfloat16")
 FULL = ("minilm-l6", "bert-base", "vit-tiny", "vit-b16")
 
 
@@ -108,7 +112,9 @@ def model_and_batch(spec: ModelSpec, seed: int):
                 f"seq_len={spec.seq_len} exceeds {spec.preset}'s "
                 f"{config.max_position_embeddings} positions."
             )
-        model = bert_model.BertClassifier(config, spec.num_classes, rngs=rngs)
+        model = bert_model.BertClassifier(
+            config, spec.num_classes, rngs=rngs, dtype=jnp.dtype(spec.dtype)
+        )
         ids = rng.integers(0, config.vocab_size, (b, spec.seq_len), dtype=np.int32)
         mask = np.ones((b, spec.seq_len), np.int32)
         mask[: b // 2, spec.seq_len // 2 :] = 0  # half the batch padded to half length
@@ -119,7 +125,7 @@ def model_and_batch(spec: ModelSpec, seed: int):
         }
     elif spec.example == "vit":
         config = vit_model.ViTConfig.preset(spec.preset)
-        model = vit_model.ViT(config, spec.num_classes, rngs=rngs)
+        model = vit_model.ViT(config, spec.num_classes, rngs=rngs, dtype=jnp.dtype(spec.dtype))
         shape = (b, config.image_size, config.image_size, config.num_channels)
         inputs = {"image": jnp.asarray(rng.standard_normal(shape, dtype=np.float32))}
     else:
@@ -262,8 +268,12 @@ def run_benchmark(
     variants: Sequence[str] = VARIANTS,
     progress: Callable[[str], None] = print,
     show_bar: bool = True,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Times every variant of each config side by side; returns the results dict."""
+    """Times every variant of each config side by side, computing in ``dtype``; returns
+    the results dict."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {DTYPES}.")
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1 (use 20 or more for real figures).")
     unknown = [c for c in configs if c not in CONFIGS]
@@ -272,7 +282,7 @@ def run_benchmark(
     check_variants(variants)
     results = {}
     for name in configs:
-        spec = CONFIGS[name]
+        spec = dataclasses.replace(CONFIGS[name], dtype=dtype)
         progress(f"{name}: compiling {len(variants)} variants ({spec.describe()})")
         prepared = {v: prepare(spec, v) for v in variants}
         progress(f"{name}: timing {steps} interleaved rounds")
