@@ -175,6 +175,7 @@ def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
         t_higher = sum(r["dsgd"]["accuracy_mean"] > r["base"]["accuracy_mean"] for r in testable)
         t_steadier = sum(r["dsgd"]["accuracy_std"] < r["base"]["accuracy_std"] for r in testable)
         t_fewer = sum(r["dsgd"]["failed"] < r["base"]["failed"] for r in testable)
+        t_more = sum(r["dsgd"]["failed"] > r["base"]["failed"] for r in testable)
         lines.append(
             f"FFT fails on some seeds but not all in {len(testable)} setting"
             f"{'s' if len(testable) > 1 else ''} ("
@@ -182,8 +183,15 @@ def overview_verdict(rows: Sequence[dict[str, Any]]) -> str:
             + f"), the kind that can test whether DSGD removes failed seeds: there FFT fails "
             f"on {total(testable, 'base', 'failed')} of {total(testable, 'base', 'n')} runs "
             f"and DSGD on {total(testable, 'dsgd', 'failed')} of {total(testable, 'dsgd', 'n')}; "
-            f"DSGD has fewer failed runs in {t_fewer}, a higher mean in {t_higher} and a lower "
-            f"spread in {t_steadier} of them."
+            f"DSGD has fewer failed runs in {t_fewer} and more in {t_more}, a higher mean in "
+            f"{t_higher} and a lower spread in {t_steadier} of them. Per setting, failed runs "
+            "of FFT against DSGD (mean accuracy): "
+            + "; ".join(
+                f"{r['setting']}: {_of(r['base'], 'failed')} against {_of(r['dsgd'], 'failed')} "
+                f"({_pct(r['base']['accuracy_mean'])} against {_pct(r['dsgd']['accuracy_mean'])})"
+                for r in testable
+            )
+            + "."
         )
     else:
         lines.append(
