@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from _lib.readme import fill_block
-
 from dsgd_jax.examples import markdown as markdown_table
 from dsgd_jax.examples.stability_results import machine_info
 

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from _lib.probe import probe_report
-
 from dsgd_jax.examples.stability import EXAMPLES, example_config, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "frozen_probe"

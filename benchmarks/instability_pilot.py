@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _lib.overview import format_lr
 
+from _lib.overview import format_lr
 from dsgd_jax.examples import markdown as markdown_table
 from dsgd_jax.examples import stability
 from dsgd_jax.examples.stability_stats import load_results, run_failures

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 import jax
-from _lib import overhead
 
+from _lib import overhead
 from dsgd_jax.examples.stability_results import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_overhead"

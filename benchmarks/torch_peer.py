@@ -47,11 +47,11 @@ import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
-from _lib import overhead, timing
 from flax import nnx, traverse_util
 from torch import nn
 
 import dsgd_jax
+from _lib import overhead, timing
 from dsgd_jax.examples.bert.model import BertConfig
 from dsgd_jax.examples.stability import machine_info
 from dsgd_jax.examples.train import TrainConfig

@@ -10,7 +10,6 @@ from typing import Any
 
 from _lib import readme
 from _lib.overview import overview_rows, overview_table, plot_overview, setting_key, setting_label
-
 from dsgd_jax.examples.stability_report import markdown_table, write_report
 from dsgd_jax.examples.stability_stats import ensemble_stats, load_results, method_stats
 

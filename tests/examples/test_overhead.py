@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 from _helpers import load_benchmark
+
 from _lib import overhead, overhead_readme, timing
 
 

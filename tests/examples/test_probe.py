@@ -9,9 +9,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from _lib import probe
 from flax import nnx
 
+from _lib import probe
 from dsgd_jax.examples.bert.config import BertExampleConfig
 from dsgd_jax.examples.bert.model import BertClassifier, BertConfig
 from dsgd_jax.examples.vit.config import ResizeInputs

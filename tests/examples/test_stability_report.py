@@ -40,8 +40,8 @@ import math
 
 import numpy as np
 import pytest
-from _lib import overview, stability_readme
 
+from _lib import overview, stability_readme
 from dsgd_jax.examples import stability_report as sr
 from dsgd_jax.examples import stability_stats
 
@@ -498,7 +498,9 @@ def test_overview_verdict():
     assert "FFT 2 of 8, DSGD 0 of 6; collapsed onto one class: FFT 2, DSGD 0." in text
     assert "some seeds but not all in 2 settings" in text
     assert "there FFT fails on 2 of 8 runs and DSGD on 0 of 6" in text
-    assert "fewer failed runs in 2 and more in 0, a higher mean in 2 and a lower spread in 1" in text
+    assert "fewer failed runs in 2 and more in 0, a higher mean in 2 and a lower spread in 1" in (
+        text
+    )
     # ... and per setting: fft's seed 52 fails in both, its mean 62.50 then 50.00 (the
     # wide setting's fft accuracies are all 0.5); dsgd 5/6 on every seed.
     assert (
