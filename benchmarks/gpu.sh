@@ -16,6 +16,7 @@
 # the first failure. Copy the folder back and commit it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}  # the interpreter with dsgd_jax installed (PYTHON=... to choose)
 quick=0
 for arg in "$@"; do
   case "$arg" in
@@ -23,11 +24,11 @@ for arg in "$@"; do
     *) echo "gpu.sh: unknown argument $arg (only --quick)" >&2; exit 2 ;;
   esac
 done
-device=$(python -c "import jax; d = jax.devices()[0]; print(d.device_kind.replace(' ', '-'))") || exit 1
+device=$("$PY" -c "import jax; d = jax.devices()[0]; print(d.device_kind.replace(' ', '-'))") || exit 1
 OUT=${OUT:-benchmarks/results/gpu/$device$([ $quick = 1 ] && echo -quick)}
 mkdir -p "$OUT"
 log="$OUT/log.txt"
-python -c "import jax; print(jax.devices(), jax.__version__)" > "$OUT/device.txt"
+"$PY" -c "import jax; print(jax.devices(), jax.__version__)" > "$OUT/device.txt"
 status=0
 step() {  # step NAME COMMAND...: run one benchmark, log it, remember the first failure
   local name=$1; shift
@@ -53,18 +54,18 @@ else
   vit=()
 fi
 for dtype in float32 bfloat16; do
-  step "step overhead ($dtype)" python benchmarks/step_overhead.py "${overhead[@]}" \
+  step "step overhead ($dtype)" "$PY" benchmarks/step_overhead.py "${overhead[@]}" \
     --dtype=$dtype --no-progress --out="$OUT/step_overhead-$dtype"
 done
-if python -c "import torch" 2>/dev/null; then
-  step "PyTorch peer" python benchmarks/torch_peer.py "${peer[@]}" --no-progress --out="$OUT/torch_peer"
+if "$PY" -c "import torch" 2>/dev/null; then
+  step "PyTorch peer" "$PY" benchmarks/torch_peer.py "${peer[@]}" --no-progress --out="$OUT/torch_peer"
 else
   echo "== PyTorch peer: skipped, torch is not installed (pip install -e \".[bench]\")" | tee -a "$log"
 fi
-step "vmapped seeds" python benchmarks/vmap_seeds.py "${seeds[@]}" --out="$OUT/vmap_seeds.json"
-step "BERT default runs" python benchmarks/default_runs.py --example=bert "${bert[@]}" \
+step "vmapped seeds" "$PY" benchmarks/vmap_seeds.py "${seeds[@]}" --out="$OUT/vmap_seeds.json"
+step "BERT default runs" "$PY" benchmarks/default_runs.py --example=bert "${bert[@]}" \
   --workdir="$OUT/runs" --out="$OUT/bert_default.json"
-step "ViT default runs" python benchmarks/default_runs.py --example=vit "${vit[@]}" \
+step "ViT default runs" "$PY" benchmarks/default_runs.py --example=vit "${vit[@]}" \
   --workdir="$OUT/runs" --out="$OUT/vit_default.json"
 [ $status -eq 0 ] && rm -rf "$OUT/runs"  # kept after a failure: a rerun resumes them
 echo "gpu.sh: wrote $OUT (exit $status)"

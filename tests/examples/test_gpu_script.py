@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -21,7 +22,7 @@ def test_gpu_script_runs_every_benchmark_at_quick_size(tmp_path):
     proc = subprocess.run(
         ["bash", "benchmarks/gpu.sh", "--quick"],
         cwd=ROOT,
-        env={**os.environ, "OUT": str(out)},
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=900,
