@@ -166,7 +166,7 @@ def test_readme_results_come_from_the_committed_runs(example):
     default_runs = load_benchmark("default_runs")
     results = json.loads(default_runs.results_path(example).read_text())
     assert results["example"] == example and set(results["runs"]) == {"fft", "dsgd"}
-    from dsgd_jax.examples.train import config_changes
+    from dsgd_jax.examples.workdir import config_changes
 
     if example == "bert":
         from dsgd_jax.examples.bert.config import BertExampleConfig as Config

@@ -106,22 +106,31 @@ def _per_seed(tree: dict[str, Any], seeds: int | None) -> list[dict[str, float]]
     return [{k: float(v[s]) for k, v in tree.items()} for s in range(seeds)]
 
 
+class Runs(Protocol):
+    """What :func:`train_epochs` needs of one run or of a vmapped group of seeds."""
+
+    seeds: Sequence[int]  # the seed of each run
+    stacked: bool  # vmapped seeds: batches, keys and metrics carry a leading seed axis
+    show: bool  # whether this process shows the progress bar
+
+    def place(self, batch: Any) -> Any: ...  # where the steps read a batch (e.g. sharded)
+    def train(self, inputs, labels, valid, key) -> dict[str, jax.Array]: ...
+    def conflict(self, inputs, labels, valid, key) -> dict[str, jax.Array]: ...
+    def dropout_key(self, step: int) -> jax.Array: ...
+    def evaluate(self) -> list[dict[str, Any]]: ...
+    def params(self) -> nnx.State: ...
+    def save(self, epoch: int) -> None: ...
+
+
 def run_epoch(
     config,
     epoch: int,
     data: TaskData,
-    run_seeds: Sequence[int],
-    train: Callable[..., dict[str, jax.Array]],
-    conflict: Callable[..., dict[str, jax.Array]],
-    dropout_key: Callable[[int], jax.Array],
+    runs: Runs,
     logs: Sequence[MetricsLog],
     *,
     steps_per_epoch: int,
     last_saved: int,
-    stacked: bool,
-    place: Callable[[Any], Any] = lambda batch: batch,
-    show: bool = True,
-    desc: str | None = None,
 ) -> None:
     """One epoch of training.
 
@@ -129,28 +138,23 @@ def run_epoch(
       config: the run's settings (batch size, logging and conflict intervals, bar).
       epoch: the epoch, from 1.
       data: the task; its train split is batched in each seed's :func:`data_order`.
-      run_seeds: the seed of each run (one, or the vmapped group's).
-      train: ``train(inputs, labels, valid, key) -> metrics``, one optimizer step
-        (it updates the runs' state itself).
-      conflict: ``conflict(inputs, labels, valid, key) -> stats`` of
-        :func:`dsgd_jax.gradient_conflict`, without updating.
-      dropout_key: the step's dropout key (stacked per seed when ``stacked``).
+      runs: the run or vmapped seeds (:class:`Runs`): ``train(inputs, labels, valid,
+        key)`` takes one optimizer step and updates their state, ``conflict`` measures
+        :func:`dsgd_jax.gradient_conflict` without updating, ``dropout_key(step)`` is
+        the step's key; with ``stacked``, batches, keys and metrics carry a leading
+        seed axis.
       logs: one log per run (none on the processes that do not write).
       steps_per_epoch: micro-batches per epoch (the step count runs on across epochs).
       last_saved: the last checkpointed epoch, named when the loss turns non-finite.
-      stacked: whether the runs are vmapped seeds: batches, keys and metrics then
-        carry a leading seed axis.
-      place: puts a batch where the step reads it (e.g. sharded over a mesh).
-      show: whether this process shows the progress bar.
-      desc: the bar's description (default ``epoch e/E``).
     """
+    run_seeds, stacked = runs.seeds, runs.stacked
     seeds = len(run_seeds) if stacked else None
     iters = [
         batches(data.train, config.batch_size, order=data_order(s, epoch, len(data.train)))
         for s in run_seeds
     ]
     pending: list[tuple[int, dict[str, jax.Array]]] = []
-    bar = progress_bar(config, steps_per_epoch, epoch, show=show)
+    bar = progress_bar(config, steps_per_epoch, epoch, show=runs.show)
 
     def flush():
         host = jax.device_get(pending)
@@ -173,8 +177,8 @@ def run_epoch(
 
     done = CompletedSteps(bar)
     with bar:
-        if desc:
-            bar.set_description(desc)
+        if stacked:
+            bar.set_description(f"{len(run_seeds)} seeds, epoch {epoch}/{config.num_epochs}")
         for i, group in enumerate(zip(*iters, strict=True)):
             interrupt.check()
             step = (epoch - 1) * steps_per_epoch + i + 1
@@ -182,12 +186,12 @@ def run_epoch(
                 batch = jax.tree.map(lambda *xs: np.stack(xs), *group)
             else:
                 (batch,) = group
-            batch, key = place(batch), dropout_key(step)
+            batch, key = runs.place(batch), runs.dropout_key(step)
             if config.conflict_every and step % config.conflict_every == 0:
-                stats = jax.device_get(conflict(*batch, key))
+                stats = jax.device_get(runs.conflict(*batch, key))
                 for log, values in zip(logs, _per_seed(stats, seeds), strict=False):
                     log.write([{"kind": "conflict", "epoch": epoch, "step": step, **values}])
-            pending.append((step, train(*batch, key)))
+            pending.append((step, runs.train(*batch, key)))
             done.dispatched(pending[-1][1])
             if len(pending) >= config.log_every:
                 flush()
@@ -260,20 +264,6 @@ def evaluation(outputs: dict[str, np.ndarray], data: TaskData, config) -> dict[s
     return metrics
 
 
-class Runs(Protocol):
-    """What :func:`train_epochs` needs of one run or of a vmapped group of seeds."""
-
-    seeds: Sequence[int]  # the seed of each run
-    stacked: bool  # vmapped seeds: batches, keys and metrics carry a leading seed axis
-
-    def train(self, inputs, labels, valid, key) -> dict[str, jax.Array]: ...
-    def conflict(self, inputs, labels, valid, key) -> dict[str, jax.Array]: ...
-    def dropout_key(self, step: int) -> jax.Array: ...
-    def evaluate(self) -> list[dict[str, Any]]: ...
-    def params(self) -> nnx.State: ...
-    def save(self, epoch: int) -> None: ...
-
-
 def train_epochs(
     config,
     runs: Runs,
@@ -283,8 +273,6 @@ def train_epochs(
     last_saved: int | None,
     steps_per_epoch: int,
     checkpoints: bool,
-    place: Callable[[Any], Any] = lambda batch: batch,
-    show: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """Trains the epochs after ``last_saved`` (all when None): per epoch, train
     (:func:`run_epoch`), evaluate, log the evaluation, check the parameters, save a
@@ -297,14 +285,10 @@ def train_epochs(
     first_epoch = (last_saved or 0) + 1
     saved, epochs_done = last_saved or 0, first_epoch - 1
     evals: list[dict[str, Any]] | None = None
-    group = f"{len(runs.seeds)} seeds, " if runs.stacked else ""
     for epoch in range(first_epoch, config.num_epochs + 1):
         run_epoch(
-            config, epoch, data, runs.seeds, runs.train, runs.conflict, runs.dropout_key, logs,
-            steps_per_epoch=steps_per_epoch, last_saved=saved, stacked=runs.stacked,
-            place=place, show=show,
-            desc=f"{group}epoch {epoch}/{config.num_epochs}" if group else None,
-        )  # fmt: skip
+            config, epoch, data, runs, logs, steps_per_epoch=steps_per_epoch, last_saved=saved
+        )
         evals = runs.evaluate()
         log_evaluation(logs, epoch, evals)
         check_params_finite(runs.params(), epoch, runs.seeds if runs.stacked else None)

@@ -30,14 +30,8 @@ from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples import distributed, files, loop
 from dsgd_jax.examples.loop import evaluation, test_outputs
 from dsgd_jax.examples.steps import make_steps
-from dsgd_jax.examples.train import (
-    TrainConfig,
-    announce_left_over,
-    build_run,
-    check_workdir,
-    start_log,
-    write_summary,
-)
+from dsgd_jax.examples.train import TrainConfig, announce_left_over, build_run, write_summary
+from dsgd_jax.examples.workdir import check_workdir, start_log
 
 __all__ = ["train_seeds"]
 
@@ -147,16 +141,12 @@ class _Group:
     """Vmapped seeds for :func:`~dsgd_jax.examples.loop.train_epochs`: the very steps of
     a single run, as pure functions of the stacked state under ``jax.jit(jax.vmap(...))``."""
 
-    stacked = True
+    stacked, show = True, True
 
     def __init__(self, configs, data, graphdef, state, dropout_keys, steps, managers):
         self.configs, self.data, self.seeds = configs, data, [c.seed for c in configs]
-        self.graphdef, self.state, self.keys, self.managers = (
-            graphdef,
-            state,
-            dropout_keys,
-            managers,
-        )
+        self.graphdef, self.state, self.keys = graphdef, state, dropout_keys
+        self.managers = managers
 
         def pure_train(state, inputs, labels, valid, key):
             model, optimizer = nnx.merge(graphdef, state)
@@ -173,6 +163,9 @@ class _Group:
         self._conflict = jax.jit(jax.vmap(pure_conflict))
         self._predict = jax.jit(jax.vmap(pure_predict, in_axes=(0, None)))
         self._fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+    def place(self, batch):
+        return batch  # one device: the program's parallel axis is the seeds
 
     def train(self, *batch):
         self.state, metrics = self._train(self.state, *batch)

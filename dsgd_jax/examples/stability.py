@@ -33,12 +33,8 @@ from dsgd_jax.examples.stability_results import (
     merge_results,
     read_results_file,
 )
-from dsgd_jax.examples.train import (
-    METHODS,
-    TrainConfig,
-    config_changes,
-    train_and_evaluate,
-)
+from dsgd_jax.examples.train import METHODS, TrainConfig, train_and_evaluate
+from dsgd_jax.examples.workdir import config_changes
 
 __all__ = [
     "PAPER_SEEDS",

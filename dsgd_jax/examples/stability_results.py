@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from dsgd_jax.examples.metrics import MetricsLog
 from dsgd_jax.examples.stability_stats import load_results
-from dsgd_jax.examples.train import _RESUME_FREE, TrainConfig, config_changes
+from dsgd_jax.examples.train import TrainConfig
+from dsgd_jax.examples.workdir import RESUME_FREE, config_changes
 
 if TYPE_CHECKING:
     from dsgd_jax.examples.stability import MethodSpec
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 # Config fields a run's results do not depend on (a resumed or re-traced run is the same run).
-FREE_FIELDS = (*_RESUME_FREE, "conflict_every")
+FREE_FIELDS = (*RESUME_FREE, "conflict_every")
 
 
 def machine_info() -> dict[str, str]:

@@ -21,9 +21,10 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
   checkpoint per epoch and exact resume; optional gradient-conflict logging.
 
 The optimizer and the jitted steps are built in :mod:`dsgd_jax.examples.steps`,
-an epoch runs in :mod:`dsgd_jax.examples.loop` (shared with the vmapped seeds of
-:mod:`dsgd_jax.examples.seeds`); this module holds the config, the workdir and
-resume checks, and the run from start to summary.
+the epochs run in :mod:`dsgd_jax.examples.loop` and the workdir and resume checks
+live in :mod:`dsgd_jax.examples.workdir` (all shared with the vmapped seeds of
+:mod:`dsgd_jax.examples.seeds`); this module holds the config and the run from
+start to summary.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,27 +47,14 @@ from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.loop import evaluation, test_outputs
 from dsgd_jax.examples.methods.dsgd import SCALERS
 from dsgd_jax.examples.methods.focal import FOCAL_FORMS
-from dsgd_jax.examples.metrics import MetricsLog
 from dsgd_jax.examples.nn import num_params
 from dsgd_jax.examples.steps import make_optimizer, make_steps, prepare_model
+from dsgd_jax.examples.workdir import check_workdir, start_log
 
 __all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
 
 METHODS = methods.METHODS  # the registry: every name, and the Method the loop calls
 OPTIMIZERS = ("adamw", "bertadam")
-
-# Settings a run may change when it resumes: how it is shown, launched and spread
-# over devices (checkpoints hold replicated state, so any mesh can resume them).
-_RESUME_FREE = (
-    "resume",
-    "stop_after_epochs",
-    "progress",
-    "log_every",
-    "mesh",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-)
 
 
 def config_field(default, help_text: str, **metadata):
@@ -198,70 +185,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def make_scaler(self, total_updates: int) -> Callable[[jax.Array], jax.Array]:
-        """lambda(t) for ``method="dsgd"``; the constant 1 for every other method."""
-        return methods.get(self.method).scaler(self, total_updates)
-
-
-def config_changes(
-    saved: dict[str, Any], config: TrainConfig, free: tuple[str, ...] = _RESUME_FREE
-) -> dict[str, tuple[Any, Any]]:
-    """The settings of ``config`` that differ from a run's saved ``config.json`` content.
-
-    Fields named in ``free`` are not compared. A field the saved run predates counts
-    as its default (fields are added with the default that keeps the old behaviour).
-    Returns ``{name: (saved value, value now)}``.
-    """
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    changed = {}
-    for name, value in config.to_dict().items():
-        before = saved.get(name, defaults[name])
-        if name not in free and before != value:
-            changed[name] = (before, value)
-    return changed
-
-
-class SettingsDiffer(ValueError):
-    """A resume whose settings differ from those of the run in the workdir."""
-
-    def __init__(self, workdir: Path, changed: dict[str, tuple[Any, Any]]):
-        self.workdir, self.changed = workdir, changed
-        super().__init__(
-            f"--resume with settings that differ from the run in {workdir} ({self.detail}). "
-            "Resume with the same settings, or start a new --workdir."
-        )
-
-    @property
-    def detail(self) -> str:
-        return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(self.changed.items()))
-
-
-def _check_resume_config(config: TrainConfig, workdir: Path, manager=None) -> None:
-    """Refuses a resume whose settings differ from the run's own: those of its
-    ``config.json``, or, where that file is gone, those recorded with its newest
-    checkpoint; refuses one whose settings cannot be found at all."""
-    path = workdir / "config.json"
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(
-                f"{path} is damaged ({e}); restore it, or start a new --workdir."
-            ) from None
-    else:
-        saved = ckpt.saved_config(manager) if manager is not None else None
-        if saved is None:
-            if manager is None or manager.latest_step() is None:
-                return  # nothing trained yet: a fresh start
-            raise ValueError(
-                f"{workdir} holds checkpoints but no config.json and no settings recorded "
-                "with them, so a resume cannot check its settings; restore config.json or "
-                "start a new --workdir."
-            )
-    changed = config_changes(saved, config)
-    if changed:
-        raise SettingsDiffer(workdir, changed)
-
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, Any]:
     """Fine-tunes ``config``'s model on its data, evaluating after every epoch.
@@ -298,31 +221,6 @@ def announce_left_over(config: TrainConfig, steps_per_epoch: int) -> None:
         )
 
 
-def check_workdir(config: TrainConfig, workdir: Path):
-    """Opens the checkpoint manager of ``workdir`` (or None) and the epoch to resume from.
-
-    Refuses a workdir holding checkpoints unless ``config.resume``, and a resume
-    with changed settings.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    manager = ckpt.open_manager(workdir / "checkpoints") if config.save_checkpoints else None
-    last_saved = manager.latest_step() if manager is not None else None
-    if last_saved is not None and not config.resume:
-        manager.close()
-        raise FileExistsError(
-            f"{workdir} already holds checkpoints up to epoch {last_saved}. Pass --resume "
-            "to continue that run, or choose a new --workdir."
-        )
-    if config.resume:
-        try:
-            _check_resume_config(config, workdir, manager)
-        except ValueError:
-            if manager is not None:
-                manager.close()
-            raise
-    return manager, (last_saved if config.resume else None)
-
-
 class Run(NamedTuple):
     """A freshly initialised run: model, optimizer and what the loop needs."""
 
@@ -348,17 +246,6 @@ def build_run(config: TrainConfig, data: TaskData) -> Run:
         )
     optimizer = nnx.Optimizer(model, make_optimizer(config, total_updates), wrt=wrt)
     return Run(model, optimizer, wrt, steps_per_epoch, total_updates, dropout_key)
-
-
-def start_log(workdir: Path, config: TrainConfig, resumed_from: int | None) -> MetricsLog:
-    """The metrics log, truncated to the resumed epoch (or emptied), and config.json."""
-    log = MetricsLog(workdir / "metrics.jsonl")
-    if resumed_from is not None:
-        log.truncate_after(resumed_from)
-    else:
-        log.path.unlink(missing_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    return log
 
 
 def write_summary(workdir, config, run: Run, model, epochs_done, wall, metrics, write=True):
@@ -404,7 +291,6 @@ def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
         evals, epochs_done = loop.train_epochs(
             config, runs, data, [log] if log is not None else [], last_saved=last_saved,
             steps_per_epoch=run.steps_per_epoch, checkpoints=manager is not None,
-            place=placement.shard, show=primary,
         )  # fmt: skip
     finally:
         if manager is not None:
@@ -424,7 +310,11 @@ class _OneRun:
         self.config, self.data, self.seeds = config, data, [config.seed]
         self.model, self.optimizer, self.key = model, optimizer, dropout_key
         self.placement, self.manager = placement, manager
+        self.show = distributed.is_primary()
         self._train, self._conflict, self._predict = (nnx.jit(f) for f in steps)
+
+    def place(self, batch):
+        return self.placement.shard(batch)
 
     def train(self, *batch):
         return self._train(self.model, self.optimizer, *batch)

@@ -213,7 +213,8 @@ class PretrainConfig(ViTExampleConfig):
 
 def run_pretraining(finetune: ViTExampleConfig, workdir: Path) -> dict:
     """Pretrains the fine-tuning run's model on its ``pretrain_dataset`` into ``workdir``."""
-    from dsgd_jax.examples.train import SettingsDiffer, train_and_evaluate
+    from dsgd_jax.examples.train import train_and_evaluate
+    from dsgd_jax.examples.workdir import SettingsDiffer
 
     config = PretrainConfig(
         dataset=finetune.pretrain_dataset,
