@@ -14,7 +14,6 @@ example's config.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -22,26 +21,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from dsgd_jax.examples.cli import build_parser
+from dsgd_jax.examples.cli import parse, parse_config
 from dsgd_jax.examples.seeds import train_seeds
 from dsgd_jax.examples.stability import PAPER_SEEDS, machine_info
-from dsgd_jax.examples.train import train_and_evaluate
+from dsgd_jax.examples.train import config_field, train_and_evaluate
 from dsgd_jax.examples.vit.config import ViTExampleConfig, run_pretraining
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vmap_seeds.json"
 
 
+@dataclasses.dataclass
+class Flags:
+    """The benchmark's own flags; every other flag is a field of the ViT example's config."""
+
+    seeds: int = config_field(10, "how many of the paper's seeds")
+    out: Path = config_field(RESULTS, "results file")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=10, help="how many of the paper's seeds")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args, rest = parser.parse_known_args(argv)
-    fields = vars(build_parser(ViTExampleConfig, "vmap_seeds", "").parse_args(rest))
-    fields.pop("workdir")
+    prog = "python benchmarks/vmap_seeds.py"
+    args, rest = parse(
+        Flags, argv, prog=prog, description=__doc__.split("\n\n")[0], known_only=True
+    )
+    config, _ = parse_config(ViTExampleConfig, rest, prog, "")
     if "--num_epochs" not in " ".join(rest):
-        fields["num_epochs"] = 2
-    config = dataclasses.replace(ViTExampleConfig(**fields), progress=False, save_checkpoints=False)
+        config = dataclasses.replace(config, num_epochs=2)
+    config = dataclasses.replace(config, progress=False, save_checkpoints=False)
     seeds = list(PAPER_SEEDS[: args.seeds])
     if config.init == "pretrained" and not (config.pretrain_dir() / "summary.json").exists():
         run_pretraining(config, config.pretrain_dir())  # outside the timing

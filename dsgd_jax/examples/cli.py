@@ -1,59 +1,126 @@
-"""Command line of the examples: one flag per config field, then the shared loop.
+"""Command line of the examples and the benchmark scripts, on `tyro`_.
 
-``--help`` lists every field of the example's config with its default, so the
-flags of ``python -m dsgd_jax.examples.bert`` and of any later example follow
-from their config classes and stay in step with them.
+Every command parses its flags with :func:`parse`: one flag per field of a
+dataclass, named as the field (``--learning_rate``, ``--no-progress`` for a
+switch), with the field's type (``Literal`` for a choice) and its help text
+(``config_field``'s). ``--help`` lists every field with its default, so the flags
+of ``python -m dsgd_jax.examples.bert`` and of the benchmark scripts follow from
+their dataclasses and stay in step with them. A bad flag stops the command with
+status 2 and one line, ``prog: error: ...``, naming the flag and what it takes.
+
+.. _tyro: https://brentyi.github.io/tyro/
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+import tyro
 
 from dsgd_jax.examples import distributed, interrupt
 from dsgd_jax.examples.metrics import format_summary
 from dsgd_jax.examples.train import TrainConfig, train_and_evaluate
 
-__all__ = ["field_value", "main", "parse_config"]
+__all__ = ["UsageError", "field_value", "guarded", "main", "parse", "parse_config"]
+
+T = TypeVar("T")
 
 
-def build_parser(config_cls: type[TrainConfig], prog: str, description: str):
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--workdir",
-        default=None,
-        help="where metrics, checkpoints and the summary go; None means "
-        "runs/<task>-<method>-s<seed> (pretraining: runs/vit-pretrain-<dataset>-<model>)",
-    )
-    hints = typing.get_type_hints(config_cls)
-    for field in dataclasses.fields(config_cls):
-        kind = hints[field.name]
-        kwargs = {"default": field.default, "help": field.metadata.get("help", "")}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-            if "choices" in field.metadata:
-                kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(f"--{field.name}", **kwargs)
-    return parser
+class UsageError(ValueError):
+    """A flag that the command line refuses; the message names the flag and the fix."""
+
+
+def _flag(argument: Any) -> str:
+    try:
+        return argument.lowered.name_or_flags[0]
+    except (AttributeError, IndexError, TypeError):
+        return "a flag"
+
+
+def _one_line(event: Any) -> None:
+    """tyro's parse-error hook: raises :class:`UsageError` with one line for the
+    failures a user meets (an unknown flag, a bad value, a value outside the
+    choices); any other failure falls through to tyro's own message."""
+    from tyro import _errors as errors
+
+    if isinstance(event, errors.InvalidChoice):
+        raise UsageError(
+            f"{_flag(event.argument)}={event.value!r} is not one of {', '.join(event.choices)}."
+        )
+    if isinstance(event, errors.InstantiationFailure):
+        where = _flag(event.argument) if event.argument is not None else "the flags"
+        raise UsageError(f"{where}: {event.message}.")
+    if isinstance(event, errors.BadValue):
+        raise UsageError(
+            f"{_flag(event.argument)} takes no value here; give it as "
+            f"{_flag(event.argument)} alone, or see --help."
+        )
+    if isinstance(event, errors.MissingArgs):
+        names = ", ".join(_flag(a.arg) for a in event.missing_arguments)
+        raise UsageError(f"{names} is required; see --help.")
+    if isinstance(event, errors.UnrecognizedArgs):
+        raise UsageError(f"unrecognized {' '.join(event.tokens)}; see --help for the flags.")
+
+
+def _hook():
+    try:  # private in tyro 1.0 (pinned <1.1): without it, tyro's own boxed messages
+        from tyro import _errors
+    except ImportError:
+        return contextlib.nullcontext()
+    return _errors.on_parse_error(_one_line)
+
+
+def _tyro(cls, argv, prog, description, default, known_only):
+    with _hook():
+        return tyro.cli(
+            cls,
+            args=list(argv),
+            prog=prog,
+            description=description,
+            default=default,
+            use_underscores=True,
+            return_unknown_args=known_only,
+        )
+
+
+def parse(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str,
+    description: str | None = None,
+    default: T | None = None,
+    known_only: bool = False,
+    exit_on_error: bool = True,
+) -> Any:
+    """The dataclass ``cls`` that the flags ``argv`` ask for (``sys.argv[1:]`` if None).
+
+    ``default`` gives the values of the flags not given (the fields' defaults if
+    None); ``known_only=True`` returns ``(instance, other_flags)`` and leaves the
+    flags that ``cls`` has no field for to the caller. A bad flag prints
+    ``prog: error: ...`` and exits with status 2, or, with ``exit_on_error=False``,
+    raises :class:`UsageError`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _tyro(cls, argv, prog, description, default, known_only)
+    except UsageError as e:
+        if not exit_on_error:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def field_value(config_cls: type[TrainConfig], name: str, text: str, where: str) -> Any:
     """``text`` as the value of field ``name``, converted and checked as its command-line
     flag does (type, choices; ``true``/``false`` for a switch); ValueError naming ``where``."""
-    parser = build_parser(config_cls, where, "")
-    parser.exit_on_error = False
     kind = typing.get_type_hints(config_cls)[name]
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0"):
@@ -62,18 +129,40 @@ def field_value(config_cls: type[TrainConfig], name: str, text: str, where: str)
     else:
         argv = [f"--{name}={text}"]
     try:
-        return getattr(parser.parse_args(argv), name)
-    except argparse.ArgumentError as e:
-        raise ValueError(f"{where!r}: {e.message}.") from None
+        return getattr(parse(config_cls, argv, prog=where, exit_on_error=False), name)
+    except UsageError as e:
+        raise ValueError(f"{where!r}: {e}") from None
 
 
 def parse_config(
     config_cls: type[TrainConfig], argv: Sequence[str] | None, prog: str, description: str
 ) -> tuple[TrainConfig, Path]:
     """The config and the workdir that the command line ``argv`` asks for."""
-    args = vars(build_parser(config_cls, prog, description).parse_args(argv))
-    workdir = args.pop("workdir")
-    config = config_cls(**args)
+    command = dataclasses.make_dataclass(
+        config_cls.__name__ + "Command",
+        [
+            (
+                "workdir",
+                str | None,
+                dataclasses.field(
+                    default=None,
+                    metadata={
+                        "help": "where metrics, checkpoints and the summary go; None means "
+                        "runs/<task>-<method>-s<seed> (pretraining: "
+                        "runs/vit-pretrain-<dataset>-<model>)"
+                    },
+                ),
+            ),
+            (
+                "config",
+                Annotated[config_cls, tyro.conf.arg(name="")],
+                dataclasses.field(default_factory=config_cls),
+            ),
+        ],
+    )
+    parsed = parse(command, argv, prog=prog, description=description)
+    config = parsed.config
+    workdir = parsed.workdir
     return config, Path(workdir) if workdir is not None else config.default_workdir()
 
 

@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dsgd_jax.examples import files
 from dsgd_jax.examples.cli import field_value
@@ -33,7 +33,7 @@ from dsgd_jax.examples.stability_results import (
     merge_results,
     read_results_file,
 )
-from dsgd_jax.examples.train import METHODS, TrainConfig, train_and_evaluate
+from dsgd_jax.examples.train import METHODS, TrainConfig, config_field, train_and_evaluate
 from dsgd_jax.examples.workdir import config_changes
 
 __all__ = [
@@ -268,6 +268,7 @@ EXAMPLES = {
     "bert": "dsgd_jax.examples.bert.config:BertExampleConfig",
     "vit": "dsgd_jax.examples.vit.config:ViTExampleConfig",
 }
+EXAMPLE_NAMES = tuple(EXAMPLES)
 
 
 def _config_class(example: str) -> type[TrainConfig]:
@@ -279,12 +280,9 @@ def _config_class(example: str) -> type[TrainConfig]:
 
 def example_config(example: str, argv: Sequence[str], prog: str) -> TrainConfig:
     """``example``'s validated config from its command-line flags (``--workdir`` ignored)."""
-    from dsgd_jax.examples.cli import build_parser
+    from dsgd_jax.examples.cli import parse_config
 
-    config_cls = _config_class(example)
-    fields = vars(build_parser(config_cls, prog, "").parse_args(list(argv)))
-    fields.pop("workdir")
-    config = config_cls(**fields)
+    config, _ = parse_config(_config_class(example), argv, prog, "")
     config.validate()
     return config
 
@@ -309,39 +307,49 @@ def _trace_seeds(text: str) -> list[int] | None:
         raise ValueError(f"--trace_seeds={text!r}: give all, or seeds like 42,52.") from None
 
 
+@dataclasses.dataclass
+class ProtocolFlags:
+    """The protocol's own flags; every other flag is a field of the example's config."""
+
+    example: Literal[EXAMPLE_NAMES] = dataclasses.field(metadata={"help": "the example to run"})
+    out: Path = dataclasses.field(
+        metadata={"help": "folder for results.json, table.md and the plots"}
+    )
+    methods: str = config_field("fft,dsgd", "e.g. fft,dsgd, baselines, or dsgd/beta=0.5")
+    seeds: str = config_field("10", "a count of the paper's seeds, or a list like 42,52")
+    runs_dir: Path | None = dataclasses.field(
+        default=None, metadata={"help": "per-run workdirs; default runs/stability/<out>"}
+    )
+    trace_seeds: str = config_field(
+        "all", "seeds whose FFT and DSGD runs log cos(g_W, g_C): all, or a list like 42,52"
+    )
+    conflict_every: int = config_field(10, "their conflict every N steps; 0 = never")
+    vmap: bool = config_field(False, "train a method's seeds vmapped, in one program")
+    report_only: bool = config_field(False, "no training, only the results and the report")
+    progress: bool = config_field(True, "show progress bars")
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python benchmarks/stability.py``: run the protocol, then write results and report."""
-    import argparse
     import shlex
 
+    from dsgd_jax.examples.cli import parse
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="python benchmarks/stability.py",
+    prog = "python benchmarks/stability.py"
+    args, rest = parse(
+        ProtocolFlags,
+        argv,
+        prog=prog,
         description="The paper's seed-stability protocol on an example: every method x seed "
         "(resumable), then results.json, table.md and plots in --out. Any other flag is a "
         "field of the example's config (see python -m dsgd_jax.examples.<example> --help).",
+        known_only=True,
     )
-    parser.add_argument("--example", choices=sorted(EXAMPLES), required=True)
-    parser.add_argument("--methods", default="fft,dsgd", help="e.g. fft,dsgd or baselines")
-    parser.add_argument("--seeds", default="10", help="a count of the paper's seeds, or 42,52")
-    parser.add_argument("--out", required=True, type=Path, help="folder for results and plots")
-    parser.add_argument("--runs_dir", type=Path, help="per-run workdirs; default runs/stability/")
-    parser.add_argument(
-        "--trace_seeds",
-        default="all",
-        help="seeds whose FFT and DSGD runs log cos(g_W, g_C): all, or a list like 42,52",
-    )
-    parser.add_argument(
-        "--conflict_every", type=int, default=10, help="their conflict every N steps; 0 = never"
-    )
-    parser.add_argument("--vmap", action="store_true", help="train a method's seeds vmapped")
-    parser.add_argument("--report_only", action="store_true", help="no training, only results")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args, rest = parser.parse_known_args(argv)
     from dsgd_jax.examples.cli import guarded
 
     def body() -> int:
-        config = example_config(args.example, rest, parser.prog)
+        config = example_config(args.example, rest, prog)
         methods = expand_methods(args.methods, type(config))
         seeds = _seeds(args.seeds)
         if args.conflict_every < 0:
@@ -383,7 +391,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return guarded(
-        parser.prog,
+        prog,
         body,
         on_interrupt="Finished runs are kept in their workdirs, interrupted ones resume from "
         "their last epoch: run the same command again to continue.",

@@ -35,8 +35,9 @@ import json
 import math
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 from flax import nnx
@@ -57,16 +58,23 @@ METHODS = methods.METHODS  # the registry: every name, and the Method the loop c
 OPTIMIZERS = ("adamw", "bertadam")
 
 
-def config_field(default, help_text: str, **metadata):
-    """A dataclass field with the help text (and choices) its command-line flag shows.
+def config_field(default, help_text: str):
+    """A dataclass field with the help text its command-line flag shows.
 
-    ``choices`` are checked by :meth:`TrainConfig.validate` and by the command line.
+    A field with a fixed set of values is typed ``Literal[...]``: the command line
+    offers those values and :meth:`TrainConfig.validate` checks them.
     """
-    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def choices_of(config_cls: type, name: str) -> tuple | None:
+    """The values field ``name`` may take: its ``Literal`` type's, or None if any."""
+    kind = typing.get_type_hints(config_cls)[name]
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
 
 
 def override_default(base: type, name: str, default):
-    """Field ``name`` of the config class ``base`` with another default, same help and choices."""
+    """Field ``name`` of the config class ``base`` with another default, same help."""
     (field,) = (f for f in dataclasses.fields(base) if f.name == name)
     return dataclasses.field(default=default, metadata=field.metadata)
 
@@ -76,15 +84,16 @@ class TrainConfig:
     """Settings of the shared loop; examples subclass it with model and data fields."""
 
     method: str = config_field(
-        "dsgd", "fft (plain fine-tuning), dsgd, or a baseline of the paper", choices=METHODS
+        "dsgd",
+        "fft (plain fine-tuning), dsgd, or a baseline of the paper: one of the methods "
+        "registered in dsgd_jax.examples.methods (" + ", ".join(METHODS) + ")",
     )
-    scaler: str = config_field("linear", "lambda(t) schedule for dsgd", choices=SCALERS)
+    scaler: Literal[SCALERS] = config_field("linear", "lambda(t) schedule for dsgd")
     beta: float = config_field(1.0, "final lambda (the constant for scaler=constant)")
-    optimizer: str = config_field(
+    optimizer: Literal[OPTIMIZERS] = config_field(
         "adamw",
         "adamw (optax.adamw, bias-corrected) or bertadam (BERT's original AdamW without bias "
         "correction, eps 1e-6)",
-        choices=OPTIMIZERS,
     )
     learning_rate: float = config_field(5e-5, "peak learning rate")
     weight_decay: float = config_field(0.01, "AdamW weight decay (matrices only)")
@@ -111,10 +120,9 @@ class TrainConfig:
     progress: bool = config_field(True, "show a progress bar")
     focal_alpha: float = config_field(0.25, "focal: weight alpha of -alpha (1 - p_t)^gamma log p_t")
     focal_gamma: float = config_field(2.0, "focal: focusing exponent gamma")
-    focal_form: str = config_field(
-        "softmax", "focal: softmax (multi-class) or sigmoid (one-vs-all)",
-        choices=FOCAL_FORMS,
-    )  # fmt: skip
+    focal_form: Literal[FOCAL_FORMS] = config_field(
+        "softmax", "focal: softmax (multi-class) or sigmoid (one-vs-all)"
+    )
     noisytune_lambda: float = config_field(0.15, "noisytune: noise scale relative to std(W)")
     lnsr_sigma: float = config_field(0.01, "lnsr: std of the Gaussian noise on the head's inputs")
     lnsr_weight_first: float = config_field(0.2, "lnsr: penalty weight, noise before 2nd-last")
@@ -147,8 +155,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the bad field and the fix."""
-        for field in dataclasses.fields(self):  # every field declared with choices
-            choices, value = field.metadata.get("choices"), getattr(self, field.name)
+        for field in dataclasses.fields(self):  # every Literal field, and the method
+            choices = METHODS if field.name == "method" else choices_of(type(self), field.name)
+            value = getattr(self, field.name)
             if choices is not None and value not in choices:
                 raise ValueError(
                     f"{field.name}={value!r} is unknown; choose one of {tuple(choices)}."

@@ -52,10 +52,23 @@ def test_tiny_bert_epochs_through_the_cli_and_resume_exactly(tmp_path, capsys):
 
 
 def test_unknown_method_is_refused(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--method=sgd"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'sgd' (choose from 'fft', 'dsgd', 'focal'," in capsys.readouterr().err
+    status = main(["--method=sgd", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "method='sgd' is unknown; choose one of ('fft', 'dsgd', 'focal'," in err
+
+
+def test_bad_flags_are_refused_in_one_line(capsys):
+    for flag, expected in [
+        ("--task=drug", "--task='drug' is not one of drugs, tweets2,"),
+        ("--learning_rate=fast", "--learning_rate: could not convert string to float: 'fast'"),
+        ("--lr=3e-4", "unrecognized --lr=3e-4"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag])
+        (line,) = capsys.readouterr().err.splitlines()
+        assert exit_info.value.code == 2
+        assert line.startswith(f"python -m dsgd_jax.examples.bert: error: {expected}")
 
 
 def test_max_length_above_the_models_positions(tmp_path, capsys):

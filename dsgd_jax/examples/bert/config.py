@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import jax.numpy as jnp
 from flax import nnx
@@ -50,6 +51,7 @@ TASKS = (
 )
 MODELS = ("pretrained", "tiny", "minilm-l6", "base", "large")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPE_NAMES = tuple(DTYPES)
 
 
 @dataclasses.dataclass
@@ -58,18 +60,17 @@ class BertExampleConfig(TrainConfig):
 
     learning_rate: float = override_default(TrainConfig, "learning_rate", 1e-4)
     num_epochs: int = override_default(TrainConfig, "num_epochs", 5)
-    task: str = config_field("drugs", "the classification task", choices=TASKS)
-    model: str = config_field(
+    task: Literal[TASKS] = config_field("drugs", "the classification task")
+    model: Literal[MODELS] = config_field(
         "pretrained",
         "'pretrained' loads --checkpoint; a preset starts from random weights (its tokenizer "
         "is still --checkpoint's, the bundled MiniLM-L6's by default)",
-        choices=MODELS,
     )
     checkpoint: str = config_field(
         "", "Hugging Face BERT-layout or MPNet folder; '' = bundled MiniLM-L6"
     )
     max_length: int = config_field(128, "tokens per example (truncated, padded per split)")
-    dtype: str = config_field("float32", "compute dtype", choices=tuple(DTYPES))
+    dtype: Literal[DTYPE_NAMES] = config_field("float32", "compute dtype")
     classifier_dropout: float = config_field(0.1, "dropout before the classification layer")
     tweets_size: int = config_field(400, "tweets tasks: training examples")
     tweets_test_size: int = config_field(400, "tweets tasks: test examples")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,7 @@ IMBALANCE = ("longtail", "step", "none")
 INITS = ("pretrained", "random", "npz")
 MODELS = ("tiny", "small", "b16")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPE_NAMES = tuple(DTYPES)
 
 
 class ResizeInputs(nnx.Module):
@@ -84,22 +86,22 @@ class ViTExampleConfig(TrainConfig):
     num_epochs: int = override_default(TrainConfig, "num_epochs", 20)
     batch_size: int = override_default(TrainConfig, "batch_size", 32)
     eval_batch_size: int = override_default(TrainConfig, "eval_batch_size", 256)
-    dataset: str = config_field("mnist_5k", "the image dataset", choices=DATASETS)
-    imbalance: str = config_field("longtail", "imbalance of the training split", choices=IMBALANCE)
+    dataset: Literal[DATASETS] = config_field("mnist_5k", "the image dataset")
+    imbalance: Literal[IMBALANCE] = config_field("longtail", "imbalance of the training split")
     ratio: float = config_field(100.0, "largest / smallest class size (>= 1)")
     subset_seed: int = config_field(0, "which examples the imbalanced subset keeps")
-    model: str = config_field("small", "architecture preset", choices=MODELS)
+    model: Literal[MODELS] = config_field("small", "architecture preset")
     image_size: int = config_field(0, "model input size; 0 = the preset's")
-    init: str = config_field("pretrained", "where the body's weights come from", choices=INITS)
+    init: Literal[INITS] = config_field("pretrained", "where the body's weights come from")
     pretrain_workdir: str = config_field(
         "", "init=pretrained: the pretrain run ('' = runs/vit-pretrain-<dataset>-<model>)"
     )
-    pretrain_dataset: str = config_field(
-        "fashion_mnist", "init=pretrained: the dataset to pretrain on", choices=DATASETS
+    pretrain_dataset: Literal[DATASETS] = config_field(
+        "fashion_mnist", "init=pretrained: the dataset to pretrain on"
     )
     npz: str = config_field("", "init=npz: a checkpoint of the original ViT release")
     num_classes: int = config_field(0, "head size; 0 = the dataset's number of classes")
-    dtype: str = config_field("float32", "compute dtype", choices=tuple(DTYPES))
+    dtype: Literal[DTYPE_NAMES] = config_field("float32", "compute dtype")
     data_dir: str = config_field("", "tfds data_dir for cifar10/cifar100 ('' = tfds' default)")
 
     @property
