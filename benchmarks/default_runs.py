@@ -11,15 +11,18 @@ the README blocks from the saved JSON files without training.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib
 import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Literal
 
 from _lib.readme import fill_block
 from dsgd_jax.examples import markdown as markdown_table
+from dsgd_jax.examples.cli import parse
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability_results import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +30,7 @@ EXAMPLES = {
     "bert": {"module": "dsgd_jax.examples.bert", "marker": "readme:main-job-results"},
     "vit": {"module": "dsgd_jax.examples.vit", "marker": "readme:vit-results"},
 }
+EXAMPLE_NAMES = tuple(sorted(EXAMPLES))
 
 
 def results_path(example: str) -> Path:
@@ -148,22 +152,31 @@ def update_readme(results: dict) -> None:
     fill_block(ROOT / "README.md", EXAMPLES[results["example"]]["marker"], markdown(results))
 
 
-def cli(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--example", choices=sorted(EXAMPLES), required=True)
-    parser.add_argument("--workdir", default="runs/default_runs", type=Path)
-    parser.add_argument("--readme-only", action="store_true")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="results file; default benchmarks/results/<example>_default.json, the only one "
+@dataclasses.dataclass
+class Flags:
+    """The flags of ``python benchmarks/default_runs.py``."""
+
+    example: Literal[EXAMPLE_NAMES] = dataclasses.field(
+        metadata={"help": "the example whose default command runs"}
+    )
+    workdir: Path = config_field(
+        Path("runs/default_runs"), "folder of the runs' workdirs, <example>-fft and <example>-dsgd"
+    )
+    readme_only: bool = config_field(
+        False, "no training: the table and the README block from the saved results file"
+    )
+    out: Path | None = config_field(
+        None,
+        "results file; default benchmarks/results/<example>_default.json, the only one "
         "that rewrites the README block",
     )
-    parser.add_argument(
-        "--flags", default="", help="more flags for both runs, e.g. '--model=tiny --num_epochs=1'"
+    flags: str = config_field("", "more flags for both runs, e.g. '--model=tiny --num_epochs=1'")
+
+
+def cli(argv=None) -> int:
+    args = parse(
+        Flags, argv, prog="python benchmarks/default_runs.py", description=__doc__.split("\n\n")[0]
     )
-    args = parser.parse_args(argv)
     path = args.out or results_path(args.example)
     if args.readme_only:
         results = json.loads(path.read_text())

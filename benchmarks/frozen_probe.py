@@ -15,32 +15,43 @@ Any further flag is a field of the example's config.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from _lib.probe import probe_report
-from dsgd_jax.examples.stability import EXAMPLES, example_config, machine_info
+from dsgd_jax.examples.cli import parse
+from dsgd_jax.examples.fields import config_field
+from dsgd_jax.examples.stability import EXAMPLE_NAMES, example_config, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "frozen_probe"
 
 
+@dataclasses.dataclass
+class Flags:
+    """The probe's own flags; every other flag is a field of the example's config."""
+
+    example: Literal[EXAMPLE_NAMES] = dataclasses.field(
+        metadata={"help": "the example whose pretrained model is probed"}
+    )
+    l2: float = config_field(1e-2, "probe's L2 penalty on weights")
+    max_steps: int = config_field(10_000, "the probe's cap on L-BFGS iterations")
+    out: Path | None = config_field(None, "JSON file; default results/frozen_probe/...")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--example", choices=sorted(EXAMPLES), required=True)
-    parser.add_argument("--l2", type=float, default=1e-2, help="probe's L2 penalty on weights")
-    parser.add_argument(
-        "--max_steps", type=int, default=10_000, help="the probe's cap on L-BFGS iterations"
+    prog = "python benchmarks/frozen_probe.py"
+    args, rest = parse(
+        Flags, argv, prog=prog, description=__doc__.split("\n\n")[0], known_only=True
     )
-    parser.add_argument("--out", type=Path, help="JSON file; default results/frozen_probe/...")
-    args, rest = parser.parse_known_args(argv)
     try:
-        config = example_config(args.example, rest, "frozen_probe")
+        config = example_config(args.example, rest, prog)
         report = probe_report(config, seed=config.seed, l2=args.l2, max_steps=args.max_steps)
     except (ValueError, OSError) as e:
-        print(f"frozen_probe: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     report.update(
         example=args.example,

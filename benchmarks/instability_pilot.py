@@ -27,7 +27,7 @@ the kind of setting that can test DSGD's claim.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,6 +37,8 @@ import numpy as np
 from _lib.overview import format_lr
 from dsgd_jax.examples import markdown as markdown_table
 from dsgd_jax.examples import stability
+from dsgd_jax.examples.cli import parse
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability_stats import load_results, run_failures
 
 OUT = Path("benchmarks/results/pilot")  # run from the repository root
@@ -273,21 +275,27 @@ def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[
     return rows
 
 
+@dataclasses.dataclass
+class Flags:
+    """The flags of ``python benchmarks/instability_pilot.py``."""
+
+    only: str = config_field("", "comma-separated setting names to run")
+    out: Path = config_field(OUT, "folder of the settings' results")
+    list: bool = config_field(False, "print the settings and exit")
+    report_only: bool = config_field(False, "no training, only the table")
+    progress: bool = config_field(True, "show progress bars")
+
+
 def main(argv: list[str] | None = None, settings: list[dict] | None = None) -> int:
     settings = SETTINGS if settings is None else settings
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="", help="comma-separated setting names to run")
-    parser.add_argument("--out", type=Path, default=OUT, help="folder of the settings' results")
-    parser.add_argument("--list", action="store_true", help="print the settings and exit")
-    parser.add_argument("--report_only", action="store_true", help="no training, only the table")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
+    prog = "python benchmarks/instability_pilot.py"
+    args = parse(Flags, argv, prog=prog, description=__doc__.split("\n\n")[0])
     names = [n for n in args.only.split(",") if n]
     known = {s["name"] for s in settings}
     unknown = [n for n in names if n not in known]
     if unknown:
         print(
-            f"{parser.prog}: error: unknown --only setting(s) {unknown}; see --list.",
+            f"{prog}: error: unknown --only setting(s) {unknown}; see --list.",
             file=sys.stderr,
         )
         return 2

@@ -17,53 +17,65 @@ prints the table, the machine and the versions.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import sys
 from pathlib import Path
+from typing import Literal, NoReturn
 
 import jax
 
 from _lib import overhead
+from dsgd_jax.examples.cli import parse
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability_results import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_overhead"
+PROG = "python benchmarks/step_overhead.py"
+
+
+@dataclasses.dataclass
+class Flags:
+    """The flags of ``python benchmarks/step_overhead.py``."""
+
+    quick: bool = config_field(False, "tiny configs, 5 rounds")
+    configs: str = config_field("", f"comma-separated, from {', '.join(overhead.CONFIGS)}")
+    variants: str = config_field(
+        ",".join(overhead.VARIANTS),
+        f"comma-separated, from {', '.join(overhead.KNOWN_VARIANTS)}; must include adamw",
+    )
+    steps: int = config_field(0, "timed rounds (default 20; quick 5)")
+    warmup: int = config_field(2, "untimed calls per variant first")
+    dtype: Literal[overhead.DTYPES] = config_field("float32", "the models' compute dtype")
+    out: Path | None = config_field(None, "output folder")
+    progress: bool = config_field(True, "show a progress bar over the rounds")
+
+
+def _usage_error(message: str) -> NoReturn:
+    """A bad flag found after parsing: one line, ``prog: error: message``, and status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny configs, 5 rounds")
-    parser.add_argument(
-        "--configs", default="", help=f"comma-separated, from {', '.join(overhead.CONFIGS)}"
-    )
-    parser.add_argument(
-        "--variants",
-        default=",".join(overhead.VARIANTS),
-        help=f"comma-separated, from {', '.join(overhead.KNOWN_VARIANTS)}; must include adamw",
-    )
-    parser.add_argument("--steps", type=int, default=0, help="timed rounds (default 20; quick 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
-    parser.add_argument(
-        "--dtype", choices=overhead.DTYPES, default="float32", help="the models' compute dtype"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output folder")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
+    """The flags ``argv`` ask for; ``configs`` and ``variants`` as lists, ``steps`` and
+    ``out`` resolved. A bad flag prints one line ``prog: error: ...`` and exits with 2."""
+    args = parse(Flags, argv, prog=PROG, description=__doc__.split("\n\n")[0])
     configs = args.configs.split(",") if args.configs else None
     args.configs = configs or list(overhead.QUICK if args.quick else overhead.FULL)
     unknown = [c for c in args.configs if c not in overhead.CONFIGS]
     if unknown:
-        parser.error(f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}")
+        _usage_error(f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}")
     args.variants = args.variants.split(",")
     try:
         overhead.check_variants(args.variants)
     except ValueError as e:
-        parser.error(f"--variants: {e}")
+        _usage_error(f"--variants: {e}")
     args.steps = args.steps or (5 if args.quick else 20)
     if args.steps < 1:
-        parser.error(f"--steps={args.steps}: give at least 1 timed round (20 for real figures)")
+        _usage_error(f"--steps={args.steps}: give at least 1 timed round (20 for real figures)")
     if args.warmup < 0:
-        parser.error(f"--warmup={args.warmup}: give 0 or more")
+        _usage_error(f"--warmup={args.warmup}: give 0 or more")
     platform = jax.devices()[0].platform
     suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
     args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{platform}{suffix}"

@@ -32,7 +32,6 @@ makes eager PyTorch look several times slower than it is; compare with
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -40,7 +39,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import jax
 import numpy as np
@@ -53,6 +52,8 @@ from torch import nn
 import dsgd_jax
 from _lib import overhead, timing
 from dsgd_jax.examples.bert.model import BertConfig
+from dsgd_jax.examples.cli import parse
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability import machine_info
 from dsgd_jax.examples.train import TrainConfig
 
@@ -315,64 +316,53 @@ def markdown_table(summary: dict[str, Any], ratios: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--config",
-        choices=BERT_CONFIGS,
-        default=None,
-        help="model config of benchmarks/_lib/overhead.py's CONFIGS (BERT ones); "
+PROG = "python benchmarks/torch_peer.py"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass
+class Flags:
+    """The flags of ``python benchmarks/torch_peer.py``."""
+
+    config: Literal[BERT_CONFIGS] | None = config_field(
+        None,
+        "model config of benchmarks/_lib/overhead.py's CONFIGS (BERT ones); "
         "default minilm-l6, bert-tiny with --quick",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: bert-tiny, 5 rounds, 1 warm-up call (explicit flags still win)",
+    quick: bool = config_field(
+        False, "smoke run: bert-tiny, 5 rounds, 1 warm-up call (explicit flags still win)"
     )
-    parser.add_argument(
-        "--steps", type=int, default=None, help="timed interleaved rounds (default 20, 5 quick)"
+    steps: int | None = config_field(None, "timed interleaved rounds (default 20, 5 quick)")
+    warmup: int | None = config_field(
+        None, "untimed calls of each step before timing (default 2, 1 quick)"
     )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="untimed calls of each step before timing (default 2, 1 quick)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="torch device; auto is cuda when torch.cuda.is_available(), else cpu "
+    device: Literal[DEVICES] = config_field(
+        "auto",
+        "torch device; auto is cuda when torch.cuda.is_available(), else cpu "
         "(JAX always uses its default device)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads(N); default: leave torch's own default (on a busy "
+    threads: int | None = config_field(
+        None,
+        "torch.set_num_threads(N); default: leave torch's own default (on a busy "
         "CPU try 1, see the module docstring)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the model weights and the batch"
+    seed: int = config_field(0, "seed of the model weights and the batch")
+    out: Path | None = config_field(
+        None, f"output folder (default {RESULTS}/<quick|full>-<cpu|gpu>)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"output folder (default {RESULTS}/<quick|full>-<cpu|gpu>)",
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no bar over the rounds"
-    )
-    return parser
+    progress: bool = config_field(True, "a bar over the rounds")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _usage_error(message: str) -> NoReturn:
+    """A bad flag found after parsing: one line, ``prog: error: message``, and status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_args(argv: list[str]) -> Flags:
+    """The flags ``argv`` ask for, with the defaults that depend on --quick and the
+    machine filled in. A bad flag prints one line ``prog: error: ...`` and exits with 2."""
+    args = parse(Flags, argv, prog=PROG, description=__doc__.split("\n\n")[0])
     if args.config is None:
         args.config = "bert-tiny" if args.quick else "minilm-l6"
     if args.steps is None:
@@ -380,15 +370,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
     if args.steps < 1:
-        parser.error(f"--steps={args.steps}: need at least 1 timed round")
+        _usage_error(f"--steps={args.steps}: need at least 1 timed round")
     if args.warmup < 0:
-        parser.error(f"--warmup={args.warmup}: must be 0 or more")
+        _usage_error(f"--warmup={args.warmup}: must be 0 or more")
     if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads={args.threads}: must be at least 1")
+        _usage_error(f"--threads={args.threads}: must be at least 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
+        _usage_error(
             f"--device=cuda, but torch {torch.__version__} sees no CUDA device; "
             "use --device=cpu or auto"
         )

