@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from dsgd_jax.examples.cli import parse, parse_config
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.seeds import train_seeds
 from dsgd_jax.examples.stability import PAPER_SEEDS, machine_info
-from dsgd_jax.examples.train import config_field, train_and_evaluate
+from dsgd_jax.examples.train import train_and_evaluate
 from dsgd_jax.examples.vit.config import ViTExampleConfig, run_pretraining
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vmap_seeds.json"

@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from _helpers import load_benchmark
 
 import dsgd_jax
 
@@ -161,7 +162,6 @@ def test_readme_main_job_installs_its_assets_and_runs_the_default():
 
 @pytest.mark.parametrize("example", ["bert", "vit"])
 def test_readme_results_come_from_the_committed_runs(example):
-    from _helpers import load_benchmark
 
     default_runs = load_benchmark("default_runs")
     results = json.loads(default_runs.results_path(example).read_text())

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from dsgd_jax.examples import files
 from dsgd_jax.examples.cli import field_value
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability_results import (
     FREE_FIELDS,
     check_same_settings,
@@ -33,7 +34,7 @@ from dsgd_jax.examples.stability_results import (
     merge_results,
     read_results_file,
 )
-from dsgd_jax.examples.train import METHODS, TrainConfig, config_field, train_and_evaluate
+from dsgd_jax.examples.train import METHODS, TrainConfig, train_and_evaluate
 from dsgd_jax.examples.workdir import config_changes
 
 __all__ = [

@@ -35,7 +35,6 @@ import json
 import math
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -45,51 +44,34 @@ from flax import nnx
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples import distributed, files, loop, methods
 from dsgd_jax.examples.data import TaskData
+from dsgd_jax.examples.fields import choices_of, config_field
 from dsgd_jax.examples.loop import evaluation, test_outputs
 from dsgd_jax.examples.methods.dsgd import SCALERS
-from dsgd_jax.examples.methods.focal import FOCAL_FORMS
 from dsgd_jax.examples.nn import num_params
 from dsgd_jax.examples.steps import make_optimizer, make_steps, prepare_model
 from dsgd_jax.examples.workdir import check_workdir, start_log
 
-__all__ = ["METHODS", "SCALERS", "TrainConfig", "train_and_evaluate"]
+__all__ = [
+    "METHODS",
+    "SCALERS",
+    "TrainConfig",
+    "train_and_evaluate",
+]
 
 METHODS = methods.METHODS  # the registry: every name, and the Method the loop calls
+METHOD_CONFIGS = tuple(m.config for m in METHODS.values() if m.config is not None)
 OPTIMIZERS = ("adamw", "bertadam")
 
 
-def config_field(default, help_text: str):
-    """A dataclass field with the help text its command-line flag shows.
-
-    A field with a fixed set of values is typed ``Literal[...]``: the command line
-    offers those values and :meth:`TrainConfig.validate` checks them.
-    """
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
-def choices_of(config_cls: type, name: str) -> tuple | None:
-    """The values field ``name`` may take: its ``Literal`` type's, or None if any."""
-    kind = typing.get_type_hints(config_cls)[name]
-    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
-
-
-def override_default(base: type, name: str, default):
-    """Field ``name`` of the config class ``base`` with another default, same help."""
-    (field,) = (f for f in dataclasses.fields(base) if f.name == name)
-    return dataclasses.field(default=default, metadata=field.metadata)
-
-
 @dataclasses.dataclass
-class TrainConfig:
-    """Settings of the shared loop; examples subclass it with model and data fields."""
+class LoopConfig:
+    """The loop's own settings: the fields of :class:`TrainConfig` that no method owns."""
 
     method: str = config_field(
         "dsgd",
         "fft (plain fine-tuning), dsgd, or a baseline of the paper: one of the methods "
         "registered in dsgd_jax.examples.methods (" + ", ".join(METHODS) + ")",
     )
-    scaler: Literal[SCALERS] = config_field("linear", "lambda(t) schedule for dsgd")
-    beta: float = config_field(1.0, "final lambda (the constant for scaler=constant)")
     optimizer: Literal[OPTIMIZERS] = config_field(
         "adamw",
         "adamw (optax.adamw, bias-corrected) or bertadam (BERT's original AdamW without bias "
@@ -118,23 +100,20 @@ class TrainConfig:
     resume: bool = config_field(False, "continue from the last checkpoint in the workdir")
     stop_after_epochs: int = config_field(0, "stop (resumably) after this many epochs; 0 = run all")
     progress: bool = config_field(True, "show a progress bar")
-    focal_alpha: float = config_field(0.25, "focal: weight alpha of -alpha (1 - p_t)^gamma log p_t")
-    focal_gamma: float = config_field(2.0, "focal: focusing exponent gamma")
-    focal_form: Literal[FOCAL_FORMS] = config_field(
-        "softmax", "focal: softmax (multi-class) or sigmoid (one-vs-all)"
-    )
-    noisytune_lambda: float = config_field(0.15, "noisytune: noise scale relative to std(W)")
-    lnsr_sigma: float = config_field(0.01, "lnsr: std of the Gaussian noise on the head's inputs")
-    lnsr_weight_first: float = config_field(0.2, "lnsr: penalty weight, noise before 2nd-last")
-    lnsr_weight_last: float = config_field(0.1, "lnsr: penalty weight, noise before the last layer")
-    swa_start: float = config_field(0.75, "swa: share of optimizer updates before averaging starts")
-    swa_every: int = config_field(1, "swa: optimizer updates between averaged snapshots")
-    lora_rank: int = config_field(8, "lora: rank of the adapters on attention query/value")
-    lora_alpha: float = config_field(16.0, "lora: the adapters' output is scaled by alpha / rank")
     mesh: str = config_field("", "data-parallel devices, data:N; '' = every device")
     coordinator_address: str = config_field("", "multi-host: host:port of process 0")
     num_processes: int = config_field(0, "multi-host: processes; -1 = detect (SLURM, MPI, TPU)")
     process_id: int = config_field(0, "multi-host: this process's index, 0..num_processes-1")
+
+
+@dataclasses.dataclass
+class TrainConfig(*reversed(METHOD_CONFIGS), LoopConfig):
+    """Settings of the shared loop; examples subclass it with model and data fields.
+
+    The settings of the methods (``--beta``, ``--focal_alpha``, ...) are declared by the
+    methods themselves (each method's ``config``, in :mod:`dsgd_jax.examples.methods`)
+    and inherited from them, so every method's flags are fields here.
+    """
 
     def load_data(self) -> TaskData:
         """The task to train on (examples override this)."""

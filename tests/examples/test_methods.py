@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -13,6 +14,7 @@ from _toy import config as toy_config
 
 from dsgd_jax.examples import methods
 from dsgd_jax.examples.bert.config import BertExampleConfig
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.train import train_and_evaluate
 
 
@@ -150,20 +152,35 @@ def test_reinit_layers_resets_the_top_layers_only(example):
         BertExampleConfig(reinit_layers=-1).validate()
 
 
+@dataclasses.dataclass
+class _SmoothConfig:
+    smooth_eps: float = config_field(0.1, "smooth: label smoothing epsilon")
+
+
 class _LabelSmoothing(methods.Method):
-    """The docs' "Adding a method" example: label smoothing, a new per-example loss."""
+    """The docs' "Adding a method" example: label smoothing, a new per-example loss
+    with a setting of its own."""
 
     name = "smooth"
-
-    def __init__(self, eps):
-        self.eps = eps
+    config = _SmoothConfig
 
     def per_example_loss(self, config):
         def loss(logits, labels):
-            targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), self.eps)
+            onehot = jax.nn.one_hot(labels, logits.shape[-1])
+            targets = optax.smooth_labels(onehot, config.smooth_eps)
             return optax.softmax_cross_entropy(logits, targets)
 
         return loss
+
+
+@dataclasses.dataclass
+class _SmoothToy(ToyConfig, _SmoothConfig):
+    pass
+
+
+@dataclasses.dataclass
+class _SmoothBert(BertExampleConfig, _SmoothConfig):
+    pass
 
 
 class _Doubled(methods.Method):
@@ -193,8 +210,9 @@ def _step_losses(workdir):
 
 def test_a_registered_method_runs_in_the_loop_and_on_the_command_line(tmp_path, registered):
     fft = train_and_evaluate(toy_config(method="fft"), tmp_path / "fft")
-    registered(_LabelSmoothing(eps=0.0))
-    same = train_and_evaluate(toy_config(method="smooth"), tmp_path / "smooth0")
+    registered(_LabelSmoothing())
+    smooth0 = _SmoothToy(**{**dataclasses.asdict(toy_config()), "method": "smooth"}, smooth_eps=0)
+    same = train_and_evaluate(smooth0, tmp_path / "smooth0")
     # Smoothing by 0 is cross-entropy: the very run FFT makes, step for step.
     np.testing.assert_allclose(_step_losses(tmp_path / "smooth0"), _step_losses(tmp_path / "fft"))
     assert same["predictions"] == fft["predictions"] and same["method"] == "smooth"
@@ -207,13 +225,15 @@ def test_a_registered_method_runs_in_the_loop_and_on_the_command_line(tmp_path, 
         _step_losses(tmp_path / "doubled")[0],
     )
     np.testing.assert_allclose(first_doubled, 2 * first_fft, rtol=1e-6)
-    methods.METHODS["smooth"].eps = 0.3
-    train_and_evaluate(toy_config(method="smooth"), tmp_path / "smooth3")
+    train_and_evaluate(dataclasses.replace(smooth0, smooth_eps=0.3), tmp_path / "smooth3")
     assert _step_losses(tmp_path / "smooth3")[0] != pytest.approx(first_fft)
     # The examples' command line offers it, and a name already taken is refused.
+    from dsgd_jax.examples.cli import parse_config
     from dsgd_jax.examples.stability import example_config
 
     assert example_config("bert", ["--method=smooth", "--model=tiny"], "x").method == "smooth"
+    config, _ = parse_config(_SmoothBert, ["--method=smooth", "--smooth_eps=0.3"], "x", "")
+    assert (config.method, config.smooth_eps, config.task) == ("smooth", 0.3, "drugs")
     with pytest.raises(ValueError, match="registered already"):
         methods.register(_Doubled())
     with pytest.raises(ValueError, match="method='nope' is unknown"):

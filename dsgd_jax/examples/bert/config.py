@@ -34,7 +34,8 @@ from dsgd_jax.examples.bert import mpnet, tokenization
 from dsgd_jax.examples.bert.data import bundled_checkpoint
 from dsgd_jax.examples.bert.tasks import TextTask
 from dsgd_jax.examples.data import TaskData
-from dsgd_jax.examples.train import TrainConfig, config_field, override_default
+from dsgd_jax.examples.fields import config_field, override_default
+from dsgd_jax.examples.train import TrainConfig
 
 TASKS = (
     "drugs",

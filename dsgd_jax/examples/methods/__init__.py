@@ -18,26 +18,40 @@ Adding a method
 ---------------
 Write a module with a :class:`~.base.Method` subclass that overrides the hooks the
 method changes, and add its instance to :data:`METHODS` (or, from outside the
-package, pass it to :func:`register`). Its config fields are fields of the
-example's config (a subclass of :class:`~dsgd_jax.examples.train.TrainConfig`),
-so they are flags of the example's command line. Label smoothing, for instance,
-changes only the per-example loss:
+package, pass it to :func:`register`). The method's own settings are a small
+dataclass, its ``config``; the examples' configs inherit the ``config`` of every
+method in :data:`METHODS` (so ``--focal_alpha`` is a flag of every example), and a
+method registered from outside adds its settings to an example's config by
+inheritance. Label smoothing, for instance, changes only the per-example loss:
 
->>> import jax, optax
+>>> import dataclasses, jax, optax
 >>> from dsgd_jax.examples import methods
+>>> from dsgd_jax.examples.fields import config_field
+>>> @dataclasses.dataclass
+... class SmoothConfig:
+...     smooth_eps: float = config_field(0.1, "smooth: label smoothing epsilon")
 >>> class LabelSmoothing(methods.Method):
 ...     name = "smooth"
+...     config = SmoothConfig
 ...     def per_example_loss(self, config):
-...         def loss(logits, labels, *, eps=0.1):
-...             targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), eps)
+...         def loss(logits, labels):
+...             onehot = jax.nn.one_hot(labels, logits.shape[-1])
+...             targets = optax.smooth_labels(onehot, config.smooth_eps)
 ...             return optax.softmax_cross_entropy(logits, targets)
 ...         return loss
 >>> methods.register(LabelSmoothing())
->>> "smooth" in methods.METHODS
-True
+>>> from dsgd_jax.examples.bert.config import BertExampleConfig
+>>> @dataclasses.dataclass
+... class SmoothBertConfig(BertExampleConfig, SmoothConfig):  # --smooth_eps too
+...     pass
+>>> config = SmoothBertConfig(method="smooth", smooth_eps=0.2)
+>>> config.validate()
+>>> config.smooth_eps
+0.2
 >>> del methods.METHODS["smooth"]
 
-``tests/examples/test_methods.py`` trains it with the BERT example's tiny model.
+``tests/examples/test_methods.py`` trains it in the loop and from the command line
+(``--method=smooth --smooth_eps=0.3``).
 """
 
 from __future__ import annotations

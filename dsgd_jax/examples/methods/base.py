@@ -10,6 +10,7 @@ table of methods and how to add one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -49,12 +50,20 @@ class Method:
     """A training method as the loop sees it. Subclass it and override the hooks the
     method changes; ``config`` is the run's :class:`~dsgd_jax.examples.train.TrainConfig`.
 
-    ``fields`` names the config fields the method owns (its flags); ``validate``
-    checks them. The loss hooks run inside the jitted train step.
+    ``config`` is the dataclass of the settings the method owns (its flags), or None;
+    :class:`~dsgd_jax.examples.train.TrainConfig` inherits the fields of every
+    registered method's ``config``, so ``config.beta`` and the flag ``--beta`` exist
+    whichever method runs. ``validate`` checks them. The loss hooks run inside the
+    jitted train step.
     """
 
     name: ClassVar[str]
-    fields: ClassVar[tuple[str, ...]] = ()
+    config: ClassVar[type | None] = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of the config fields the method owns."""
+        return tuple(f.name for f in dataclasses.fields(self.config)) if self.config else ()
 
     def validate(self, config) -> None:
         """Raises ValueError naming a bad field of this method and the fix."""

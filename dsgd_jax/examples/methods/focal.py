@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method
 
-__all__ = ["FOCAL_FORMS", "Focal", "sigmoid_focal_loss", "softmax_focal_loss"]
+__all__ = ["FOCAL_FORMS", "Focal", "FocalConfig", "sigmoid_focal_loss", "softmax_focal_loss"]
 
 FOCAL_FORMS = ("softmax", "sigmoid")
 
@@ -87,11 +90,25 @@ def sigmoid_focal_loss(
     return jnp.sum(loss, axis=-1)
 
 
+@dataclasses.dataclass
+class FocalConfig:
+    """focal's settings: the focal loss's alpha, gamma and form.
+
+    Fields (and flags) of every example's config.
+    """
+
+    focal_alpha: float = config_field(0.25, "focal: weight alpha of -alpha (1 - p_t)^gamma log p_t")
+    focal_gamma: float = config_field(2.0, "focal: focusing exponent gamma")
+    focal_form: Literal[FOCAL_FORMS] = config_field(
+        "softmax", "focal: softmax (multi-class) or sigmoid (one-vs-all)"
+    )
+
+
 class Focal(Method):
     """Fine-tuning with a focal loss: ``focal_alpha``, ``focal_gamma``, ``focal_form``."""
 
     name = "focal"
-    fields = ("focal_alpha", "focal_gamma", "focal_form")
+    config = FocalConfig
 
     def validate(self, config) -> None:
         if config.focal_gamma < 0 or not 0 <= config.focal_alpha <= 1:

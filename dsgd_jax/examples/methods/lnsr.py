@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method, needs_head_split
 
-__all__ = ["LNSR", "lnsr_penalty"]
+__all__ = ["LNSR", "LNSRConfig", "lnsr_penalty"]
 
 
 def lnsr_penalty(
@@ -71,11 +73,23 @@ def lnsr_penalty(
     return penalty
 
 
+@dataclasses.dataclass
+class LNSRConfig:
+    """lnsr's settings: the noise on the head's inputs and the penalty's weights.
+
+    Fields (and flags) of every example's config.
+    """
+
+    lnsr_sigma: float = config_field(0.01, "lnsr: std of the Gaussian noise on the head's inputs")
+    lnsr_weight_first: float = config_field(0.2, "lnsr: penalty weight, noise before 2nd-last")
+    lnsr_weight_last: float = config_field(0.1, "lnsr: penalty weight, noise before the last layer")
+
+
 class LNSR(Method):
     """The loss plus the penalty for noise (std ``lnsr_sigma``) before the head's two layers."""
 
     name = "lnsr"
-    fields = ("lnsr_sigma", "lnsr_weight_first", "lnsr_weight_last")
+    config = LNSRConfig
 
     def validate(self, config) -> None:
         if config.lnsr_sigma < 0:

@@ -4,15 +4,17 @@ adapters and the head."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 from flax import nnx
 
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method, needs_head_split
 
-__all__ = ["LoRA", "ScaledLoRA", "add_lora", "lora_trainable"]
+__all__ = ["LoRA", "LoRAConfig", "ScaledLoRA", "add_lora", "lora_trainable"]
 
 
 class ScaledLoRA(nnx.LoRA):
@@ -137,13 +139,24 @@ def lora_trainable(head: str, *also: str) -> nnx.filterlib.Filter:
     return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.Any(*paths)))
 
 
+@dataclasses.dataclass
+class LoRAConfig:
+    """lora's settings: the adapters' rank and scale.
+
+    Fields (and flags) of every example's config.
+    """
+
+    lora_rank: int = config_field(8, "lora: rank of the adapters on attention query/value")
+    lora_alpha: float = config_field(16.0, "lora: the adapters' output is scaled by alpha / rank")
+
+
 class LoRA(Method):
     """Adapters of rank ``lora_rank`` (scaled by ``lora_alpha`` / rank) on attention
     query and value; the optimizer trains them, the head and the modules named in the
     model's ``lora_also_trains`` (if any)."""
 
     name = "lora"
-    fields = ("lora_rank", "lora_alpha")
+    config = LoRAConfig
 
     def validate(self, config) -> None:
         if config.lora_rank < 1 or config.lora_alpha <= 0:

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method
 
-__all__ = ["NoisyTune", "noisytune", "noisytune_model"]
+__all__ = ["NoisyTune", "NoisyTuneConfig", "noisytune", "noisytune_model"]
 
 
 def noisytune(params: Any, key: jax.Array, *, noise_lambda: float = 0.15) -> Any:
@@ -52,11 +54,21 @@ def noisytune_model(model: nnx.Module, key: jax.Array, *, noise_lambda: float = 
     nnx.update(model, noisytune(state, key, noise_lambda=noise_lambda))
 
 
+@dataclasses.dataclass
+class NoisyTuneConfig:
+    """noisytune's setting: the scale of the noise on the weights.
+
+    Fields (and flags) of every example's config.
+    """
+
+    noisytune_lambda: float = config_field(0.15, "noisytune: noise scale relative to std(W)")
+
+
 class NoisyTune(Method):
     """Fine-tuning from weights perturbed by ``noisytune_lambda`` x their std."""
 
     name = "noisytune"
-    fields = ("noisytune_lambda",)
+    config = NoisyTuneConfig
 
     def validate(self, config) -> None:
         if config.noisytune_lambda < 0:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -11,9 +12,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method
 
-__all__ = ["SWA", "SWAState", "swa", "swa_count", "swa_params"]
+__all__ = ["SWA", "SWAConfig", "SWAState", "swa", "swa_count", "swa_params"]
 
 
 class SWAState(NamedTuple):
@@ -127,12 +129,23 @@ def swa_count(opt_state: Any) -> jax.Array | None:
     return None if state is None else _unwrap(state.n_averaged)
 
 
+@dataclasses.dataclass
+class SWAConfig:
+    """swa's settings: when averaging starts and how often it takes a snapshot.
+
+    Fields (and flags) of every example's config.
+    """
+
+    swa_start: float = config_field(0.75, "swa: share of optimizer updates before averaging starts")
+    swa_every: int = config_field(1, "swa: optimizer updates between averaged snapshots")
+
+
 class SWA(Method):
     """Averages the parameters every ``swa_every`` updates after the ``swa_start`` share of
     training, and evaluates the average once it holds a snapshot."""
 
     name = "swa"
-    fields = ("swa_start", "swa_every")
+    config = SWAConfig
 
     def validate(self, config) -> None:
         if not 0 <= config.swa_start < 1 or config.swa_every < 1:

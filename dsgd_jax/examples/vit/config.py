@@ -30,7 +30,8 @@ from flax import nnx
 
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples.data import TaskData
-from dsgd_jax.examples.train import TrainConfig, config_field, override_default
+from dsgd_jax.examples.fields import config_field, override_default
+from dsgd_jax.examples.train import TrainConfig
 from dsgd_jax.examples.vit import data as image_data
 from dsgd_jax.examples.vit import model as vit_model
 
