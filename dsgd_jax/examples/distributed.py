@@ -106,7 +106,6 @@ class Placement:
         self.mesh = mesh
         self.devices = mesh.devices.size
         self.replicated = NamedSharding(mesh, P())
-        self.split = NamedSharding(mesh, P("data"))
 
     def check_batch(self, name: str, size: int) -> None:
         """Refuses a global batch that does not divide over the devices."""
@@ -131,19 +130,21 @@ class Placement:
 
         return jax.tree.map(put, tree)
 
-    def shard(self, batch: Mapping[str, Any] | Any) -> Any:
-        """A global batch (NumPy, identical on every process) split over the devices.
-
+    def shard(self, batch: Mapping[str, Any] | Any, axis: int = 0) -> Any:
+        """A global batch (NumPy, identical on every process) split over the devices
+        along ``axis`` (1 for batches of stacked seeds, ``[S, B, ...]``).
         Each process hands over only its own contiguous rows.
         """
+        split = NamedSharding(self.mesh, P(*([None] * axis), "data"))
 
         def put(x):
             x = np.asarray(x)
             if jax.process_count() == 1:
-                return jax.device_put(x, self.split)
-            rows = x.shape[0] // jax.process_count()
-            mine = x[jax.process_index() * rows : (jax.process_index() + 1) * rows]
-            return jax.make_array_from_process_local_data(self.split, mine, x.shape)
+                return jax.device_put(x, split)
+            rows = x.shape[axis] // jax.process_count()
+            first = jax.process_index() * rows
+            mine = np.take(x, np.arange(first, first + rows), axis=axis)
+            return jax.make_array_from_process_local_data(split, mine, x.shape)
 
         return jax.tree.map(put, batch)
 

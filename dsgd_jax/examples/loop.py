@@ -99,18 +99,16 @@ class CompletedSteps:
             self.bar.update(1)
 
 
-def _per_seed(tree: dict[str, Any], seeds: int | None) -> list[dict[str, float]]:
-    """Host metrics as one record per seed (``seeds=None``: one run, scalar values)."""
-    if seeds is None:
-        return [{k: float(v) for k, v in tree.items()}]
+def _per_seed(tree: dict[str, Any], seeds: int) -> list[dict[str, float]]:
+    """Host metrics (a leading seed axis) as one record per seed."""
     return [{k: float(v[s]) for k, v in tree.items()} for s in range(seeds)]
 
 
 class Runs(Protocol):
-    """What :func:`train_epochs` needs of one run or of a vmapped group of seeds."""
+    """What :func:`train_epochs` needs of the runs of one program (S seeds; S = 1 for a
+    single run): batches, keys and metrics carry a leading seed axis."""
 
     seeds: Sequence[int]  # the seed of each run
-    stacked: bool  # vmapped seeds: batches, keys and metrics carry a leading seed axis
     show: bool  # whether this process shows the progress bar
 
     def place(self, batch: Any) -> Any: ...  # where the steps read a batch (e.g. sharded)
@@ -141,14 +139,13 @@ def run_epoch(
       runs: the run or vmapped seeds (:class:`Runs`): ``train(inputs, labels, valid,
         key)`` takes one optimizer step and updates their state, ``conflict`` measures
         :func:`dsgd_jax.gradient_conflict` without updating, ``dropout_key(step)`` is
-        the step's key; with ``stacked``, batches, keys and metrics carry a leading
-        seed axis.
+        the step's key; batches, keys and metrics carry a leading seed axis.
       logs: one log per run (none on the processes that do not write).
       steps_per_epoch: micro-batches per epoch (the step count runs on across epochs).
       last_saved: the last checkpointed epoch, named when the loss turns non-finite.
     """
-    run_seeds, stacked = runs.seeds, runs.stacked
-    seeds = len(run_seeds) if stacked else None
+    run_seeds = runs.seeds
+    seeds = len(run_seeds)
     iters = [
         batches(data.train, config.batch_size, order=data_order(s, epoch, len(data.train)))
         for s in run_seeds
@@ -177,15 +174,12 @@ def run_epoch(
 
     done = CompletedSteps(bar)
     with bar:
-        if stacked:
-            bar.set_description(f"{len(run_seeds)} seeds, epoch {epoch}/{config.num_epochs}")
+        if seeds > 1:
+            bar.set_description(f"{seeds} seeds, epoch {epoch}/{config.num_epochs}")
         for i, group in enumerate(zip(*iters, strict=True)):
             interrupt.check()
             step = (epoch - 1) * steps_per_epoch + i + 1
-            if stacked:
-                batch = jax.tree.map(lambda *xs: np.stack(xs), *group)
-            else:
-                (batch,) = group
+            batch = jax.tree.map(lambda *xs: np.stack(xs), *group)
             batch, key = runs.place(batch), runs.dropout_key(step)
             if config.conflict_every and step % config.conflict_every == 0:
                 stats = jax.device_get(runs.conflict(*batch, key))
@@ -206,21 +200,17 @@ def log_evaluation(logs: Sequence[MetricsLog], epoch: int, evals: Sequence[dict[
         log.write([{"kind": "epoch", "epoch": epoch, **kept}])
 
 
-def check_params_finite(
-    params: nnx.State, epoch: int, run_seeds: Sequence[int] | None = None
-) -> None:
+def check_params_finite(params: nnx.State, epoch: int, run_seeds: Sequence[int]) -> None:
     """Raises FloatingPointError, before the epoch's checkpoint, if a parameter is not
-    finite; ``params`` of vmapped seeds carry a leading seed axis (``run_seeds``)."""
+    finite; ``params`` carry a leading seed axis (``run_seeds``)."""
     leaves = jax.tree.leaves(params)
-    if run_seeds is None:
-        if not all(bool(jnp.all(jnp.isfinite(p))) for p in leaves):
-            raise FloatingPointError(
-                f"Non-finite parameters after epoch {epoch}; the checkpoint was not written. "
-                "Lower --learning_rate or set --max_grad_norm."
-            )
-        return
     finite = [bool(all(jnp.all(jnp.isfinite(p[s])) for p in leaves)) for s in range(len(run_seeds))]
     bad = [seed for seed, ok in zip(run_seeds, finite, strict=True) if not ok]
+    if bad and len(run_seeds) == 1:
+        raise FloatingPointError(
+            f"Non-finite parameters after epoch {epoch}; the checkpoint was not written. "
+            "Lower --learning_rate or set --max_grad_norm."
+        )
     if bad:
         raise FloatingPointError(
             f"Non-finite parameters after epoch {epoch} for seeds {bad}; no checkpoint was "
@@ -291,7 +281,7 @@ def train_epochs(
         )
         evals = runs.evaluate()
         log_evaluation(logs, epoch, evals)
-        check_params_finite(runs.params(), epoch, runs.seeds if runs.stacked else None)
+        check_params_finite(runs.params(), epoch, runs.seeds)
         if checkpoints:
             runs.save(epoch)
             saved = epoch

@@ -15,41 +15,34 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
   updates, not micro-batches), or one of the paper's baselines (``focal``,
   ``pcgrad``, ``noisytune``, ``lnsr``, ``swa``, ``lora``): each method is a module
   of :mod:`dsgd_jax.examples.methods` whose hooks the loop calls;
-- fixed-shape padded batches with a validity mask, ``nnx.jit`` steps, dropout
+- fixed-shape padded batches with a validity mask, ``jax.jit(jax.vmap(...))`` steps over a
+  leading seed axis, dropout
   keys folded from the seed and the step, data order from the seed and the epoch;
 - evaluation after every epoch, a tqdm bar, JSON-lines metrics, an orbax
   checkpoint per epoch and exact resume; optional gradient-conflict logging.
 
 The optimizer and the jitted steps are built in :mod:`dsgd_jax.examples.steps`,
-the epochs run in :mod:`dsgd_jax.examples.loop` and the workdir and resume checks
-live in :mod:`dsgd_jax.examples.workdir` (all shared with the vmapped seeds of
-:mod:`dsgd_jax.examples.seeds`); this module holds the config and the run from
-start to summary.
+the runs of one program (a single run is one seed, the vmapped seeds of
+:mod:`dsgd_jax.examples.seeds` are several) in :mod:`dsgd_jax.examples.runs`, their
+epochs in :mod:`dsgd_jax.examples.loop`, and the workdir and resume checks live in
+:mod:`dsgd_jax.examples.workdir`; this module holds the config and the entry point.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
-import sys
-import time
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 from flax import nnx
 
-from dsgd_jax.examples import checkpoint as ckpt
-from dsgd_jax.examples import distributed, files, loop, methods
+from dsgd_jax.examples import distributed, files, methods
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.fields import choices_of, config_field
-from dsgd_jax.examples.loop import evaluation, test_outputs
 from dsgd_jax.examples.methods.dsgd import SCALERS
-from dsgd_jax.examples.nn import num_params
-from dsgd_jax.examples.steps import make_optimizer, make_steps, prepare_model
-from dsgd_jax.examples.workdir import check_workdir, start_log
+from dsgd_jax.examples.runs import train_runs
 
 __all__ = [
     "METHODS",
@@ -191,143 +184,4 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, An
     workdir = Path(workdir).absolute()
     lock = files.workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
     with lock, jax.numpy_dtype_promotion("standard"):
-        return _train(config, workdir)
-
-
-def announce_left_over(config: TrainConfig, steps_per_epoch: int) -> None:
-    """Says at start when the last accumulation window never fills (its gradients are
-    then not applied); once per run, or per vmapped group of seeds."""
-    micro_batches = steps_per_epoch * config.num_epochs
-    left_over = micro_batches % config.grad_accum_steps
-    if left_over and distributed.is_primary():
-        print(
-            f"Note: grad_accum_steps={config.grad_accum_steps} does not divide the "
-            f"{micro_batches} micro-batches of {config.num_epochs} "
-            f"epoch(s), so the gradients of the last {left_over} never fill an update and "
-            "are not applied; pick grad_accum_steps dividing that count to use them.",
-            file=sys.stderr,
-        )
-
-
-class Run(NamedTuple):
-    """A freshly initialised run: model, optimizer and what the loop needs."""
-
-    model: nnx.Module
-    optimizer: nnx.Optimizer
-    wrt: Any
-    steps_per_epoch: int
-    total_updates: int
-    dropout_key: jax.Array
-
-
-def build_run(config: TrainConfig, data: TaskData) -> Run:
-    """The model (with the method's one-off change) and optimizer of ``config.seed``."""
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    model = config.build_model(data, nnx.Rngs(params=init_key, dropout=init_key))
-    wrt = prepare_model(config, model, jax.random.fold_in(init_key, 1))
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    total_updates = steps_per_epoch * config.num_epochs // config.grad_accum_steps
-    if total_updates < 1:
-        raise ValueError(
-            f"grad_accum_steps={config.grad_accum_steps} exceeds the {steps_per_epoch} "
-            f"micro-batches of {config.num_epochs} epoch(s); lower it or train longer."
-        )
-    optimizer = nnx.Optimizer(model, make_optimizer(config, total_updates), wrt=wrt)
-    return Run(model, optimizer, wrt, steps_per_epoch, total_updates, dropout_key)
-
-
-def write_summary(workdir, config, run: Run, model, epochs_done, wall, metrics, write=True):
-    """Returns the summary of one run; writes it to ``summary.json`` if ``write``."""
-    summary = {
-        "method": config.method,
-        "task": config.task_name,
-        "seed": config.seed,
-        "epochs": epochs_done,
-        "finished": epochs_done == config.num_epochs,
-        "num_params": num_params(model),
-        "num_trainable": sum(x.size for x in jax.tree.leaves(nnx.state(model, run.wrt))),
-        "wall_time_s": wall,
-        **metrics,
-        "config": config.to_dict(),
-    }
-    if write:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def _train(config: TrainConfig, workdir: Path) -> dict[str, Any]:
-    start = time.perf_counter()
-    placement = distributed.Placement(distributed.make_mesh(config.mesh))
-    placement.check_batch("batch_size", config.batch_size)
-    placement.check_batch("eval_batch_size", config.eval_batch_size)
-    primary = distributed.is_primary()
-    manager, last_saved = check_workdir(config, workdir)
-    data = config.load_data()
-    run = build_run(config, data)
-    announce_left_over(config, run.steps_per_epoch)
-    model, optimizer = run.model, run.optimizer
-    _replicate(placement, model, optimizer)
-    dropout_key = placement.replicate(run.dropout_key)
-    steps = make_steps(config, run.total_updates, run.wrt)
-
-    if last_saved is not None:  # resume: the newest checkpoint that reads back intact
-        last_saved = ckpt.restore_latest(manager, model, optimizer)
-    log = start_log(workdir, config, last_saved) if primary else None
-
-    runs = _OneRun(config, data, model, optimizer, dropout_key, steps, placement, manager)
-    try:
-        evals, epochs_done = loop.train_epochs(
-            config, runs, data, [log] if log is not None else [], last_saved=last_saved,
-            steps_per_epoch=run.steps_per_epoch, checkpoints=manager is not None,
-        )  # fmt: skip
-    finally:
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
-    wall = time.perf_counter() - start
-    return write_summary(workdir, config, run, model, epochs_done, wall, evals[0], primary)
-
-
-class _OneRun:
-    """One run for :func:`~dsgd_jax.examples.loop.train_epochs`: jitted steps on the
-    (possibly data-parallel) model and optimizer, updated in place."""
-
-    stacked = False
-
-    def __init__(self, config, data, model, optimizer, dropout_key, steps, placement, manager):
-        self.config, self.data, self.seeds = config, data, [config.seed]
-        self.model, self.optimizer, self.key = model, optimizer, dropout_key
-        self.placement, self.manager = placement, manager
-        self.show = distributed.is_primary()
-        self._train, self._conflict, self._predict = (nnx.jit(f) for f in steps)
-
-    def place(self, batch):
-        return self.placement.shard(batch)
-
-    def train(self, *batch):
-        return self._train(self.model, self.optimizer, *batch)
-
-    def conflict(self, *batch):
-        return self._conflict(self.model, self.optimizer, *batch)
-
-    def dropout_key(self, step):
-        return jax.random.fold_in(self.key, step)
-
-    def evaluate(self):
-        def predict(inputs):
-            outputs = self._predict(self.model, self.optimizer, self.placement.shard(inputs))
-            return jax.tree.map(self.placement.gather, outputs)
-
-        return [evaluation(test_outputs(predict, self.data, self.config), self.data, self.config)]
-
-    def params(self):
-        return nnx.state(self.model, nnx.Param)
-
-    def save(self, epoch):
-        ckpt.save(self.manager, epoch, self.model, self.optimizer, self.config.to_dict())
-
-
-def _replicate(placement: distributed.Placement, model, optimizer) -> None:
-    """Puts the model and optimizer state on every device of the mesh (in place)."""
-    state = nnx.state((model, optimizer))
-    nnx.update((model, optimizer), placement.replicate(state))
+        return train_runs([config], [workdir])[0]

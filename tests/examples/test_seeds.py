@@ -82,6 +82,33 @@ def test_vmapped_group_stops_and_resumes_exactly(tmp_path):
         assert (tmp_path / "split" / str(seed) / "metrics.jsonl").read_text() == full_log
 
 
+@pytest.mark.parametrize("damaged", [(1,), (0, 1)], ids=["one seed", "every seed"])
+def test_a_damaged_newest_checkpoint_sends_the_group_back_to_the_common_epoch(
+    tmp_path, capsys, damaged
+):
+    config = toy_config(num_epochs=3)
+    dirs = [tmp_path / "split" / str(s) for s in SEEDS[:2]]
+    train_seeds(config, SEEDS[:2], [tmp_path / "full" / str(s) for s in SEEDS[:2]])
+    train_seeds(dataclasses.replace(config, stop_after_epochs=2), SEEDS[:2], dirs)
+    for i in damaged:  # their epoch 2 reads back as junk
+        files = (p for p in (dirs[i] / "checkpoints" / "2").rglob("*") if p.is_file())
+        biggest = max(files, key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
+    capsys.readouterr()
+    resumed = train_seeds(dataclasses.replace(config, resume=True), SEEDS[:2], dirs)
+    assert "epoch 2" in capsys.readouterr().err
+    for seed, run in zip(SEEDS, resumed, strict=True):  # both trained epochs 2 and 3 again
+        assert run["finished"]
+        for x, y in zip(
+            jax.tree.leaves(saved_tree(tmp_path / "full" / str(seed), 3)),
+            jax.tree.leaves(saved_tree(tmp_path / "split" / str(seed), 3)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(x, y)
+        full_log = (tmp_path / "full" / str(seed) / "metrics.jsonl").read_text()
+        assert (tmp_path / "split" / str(seed) / "metrics.jsonl").read_text() == full_log
+
+
 def test_seeds_at_different_epochs_are_refused(tmp_path):
     config = toy_config(num_epochs=2)
     train_and_evaluate(dataclasses.replace(config, seed=42, stop_after_epochs=1), tmp_path / "a")
@@ -104,6 +131,17 @@ def test_bad_seed_arguments(tmp_path, seeds, dirs, match):
         train_seeds(toy_config(), seeds, [tmp_path / d for d in dirs])
 
 
-def test_vmapped_seeds_refuse_a_mesh(tmp_path):
-    with pytest.raises(ValueError, match="vmapped seeds run on one device"):
-        train_seeds(toy_config(mesh="data:2"), [1, 2], [tmp_path / "a", tmp_path / "b"])
+@pytest.mark.skipif(jax.device_count() < 4, reason="the root conftest.py asks for fake devices")
+def test_vmapped_seeds_on_a_mesh_equal_them_on_one_device(tmp_path):
+    # Each seed's batch [S, B, ...] is split over the devices along B: same runs as on one.
+    config = toy_config(batch_size=8, eval_batch_size=8)
+    one = train_seeds(config, SEEDS, [tmp_path / "one" / str(s) for s in SEEDS])
+    mesh = dataclasses.replace(config, mesh="data:4")
+    four = train_seeds(mesh, SEEDS, [tmp_path / "four" / str(s) for s in SEEDS])
+    for a, b in zip(one, four, strict=True):
+        assert b["predictions"] == a["predictions"] and b["finished"]
+        x = jax.tree.leaves(saved_tree(tmp_path / "one" / str(a["seed"]), 2))
+        y = jax.tree.leaves(saved_tree(tmp_path / "four" / str(a["seed"]), 2))
+        assert len(x) == len(y) > 0
+        for u, v in zip(x, y, strict=True):
+            np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-5)
