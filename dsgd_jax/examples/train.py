@@ -15,9 +15,9 @@ logits, with dropout on when called with ``rngs``). Everything else is shared:
   updates, not micro-batches), or one of the paper's baselines (``focal``,
   ``pcgrad``, ``noisytune``, ``lnsr``, ``swa``, ``lora``): each method is a module
   of :mod:`dsgd_jax.examples.methods` whose hooks the loop calls;
-- fixed-shape padded batches with a validity mask, ``jax.jit(jax.vmap(...))`` steps over a
-  leading seed axis, dropout
-  keys folded from the seed and the step, data order from the seed and the epoch;
+- fixed-shape padded batches with a validity mask, ``jax.jit(jax.vmap(...))``
+  steps over a leading seed axis (one seed for a single run), dropout keys
+  folded from the seed and the step, data order from the seed and the epoch;
 - evaluation after every epoch, a tqdm bar, JSON-lines metrics, an orbax
   checkpoint per epoch and exact resume; optional gradient-conflict logging.
 
