@@ -204,6 +204,7 @@ def run_protocol(
     conflict_every: int = 0,
     trace_seeds: Collection[int] | None = None,
     vmap_seeds: bool = False,
+    vmap_max: int = 0,
     progress: bool = True,
     skip: Collection[tuple[str, int]] = (),
 ) -> None:
@@ -211,13 +212,17 @@ def run_protocol(
 
     With ``vmap_seeds`` the unfinished seeds of a method that stand at the same
     epoch train together as one vmapped program
-    (:func:`dsgd_jax.examples.seeds.train_seeds`); otherwise one after another.
+    (:func:`dsgd_jax.examples.seeds.train_seeds`), at most ``vmap_max`` seeds per
+    program if it is > 0 (S seeds take S times one run's memory); otherwise one
+    after another.
     FFT and DSGD runs log the gradient conflict every ``conflict_every`` steps, on
     every seed or on ``trace_seeds`` (it does not change their training). ``skip`` lists
     ``(label, seed)`` pairs already done elsewhere (see :func:`previous_runs`).
     """
     from tqdm.auto import tqdm
 
+    if vmap_max < 0:
+        raise ValueError(f"vmap_max={vmap_max}: give N > 0 seeds per program, or 0 for all.")
     runs_dir = Path(runs_dir)
     plan = []
     for spec in methods:
@@ -236,22 +241,25 @@ def run_protocol(
         total=total, initial=total - todo, desc="seeds x methods", disable=not progress
     ) as bar:
         for spec, groups in plan:
-            for group in groups.values():
-                if vmap_seeds and len(group) > 1:
-                    from dsgd_jax.examples.seeds import train_seeds
+            for whole in groups.values():
+                size = (vmap_max or len(whole)) if vmap_seeds else 1
+                for group in (whole[i : i + size] for i in range(0, len(whole), size)):
+                    _train_group(spec, group, bar)
 
-                    bar.set_postfix_str(f"{spec.label}: {len(group)} seeds vmapped")
-                    summaries = train_seeds(
-                        group[0][1], [s for s, _, _ in group], [w for _, _, w in group]
-                    )
-                    bar.update(len(group))
-                else:
-                    summaries = []
-                    for seed, run, workdir in group:
-                        bar.set_postfix_str(f"{spec.label} seed {seed}")
-                        summaries.append(train_and_evaluate(run, workdir))
-                        bar.update(1)
-                bar.write(_line(spec.label, summaries))
+
+def _train_group(spec: MethodSpec, group: list[tuple[int, TrainConfig, Path]], bar) -> None:
+    """One program: the group's seeds vmapped, or its one seed alone."""
+    if len(group) > 1:
+        from dsgd_jax.examples.seeds import train_seeds
+
+        bar.set_postfix_str(f"{spec.label}: {len(group)} seeds vmapped")
+        summaries = train_seeds(group[0][1], [s for s, _, _ in group], [w for _, _, w in group])
+    else:
+        ((seed, run, workdir),) = group
+        bar.set_postfix_str(f"{spec.label} seed {seed}")
+        summaries = [train_and_evaluate(run, workdir)]
+    bar.update(len(group))
+    bar.write(_line(spec.label, summaries))
 
 
 def _line(label: str, summaries: list[dict[str, Any]]) -> str:
@@ -326,6 +334,9 @@ class ProtocolFlags:
     )
     conflict_every: int = config_field(10, "their conflict every N steps; 0 = never")
     vmap: bool = config_field(False, "train a method's seeds vmapped, in one program")
+    vmap_max: int = config_field(
+        0, "with --vmap: at most N seeds per program (S seeds take S times the memory); 0 = all"
+    )
     report_only: bool = config_field(False, "no training, only the results and the report")
     progress: bool = config_field(True, "show progress bars")
 
@@ -366,7 +377,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         previous = previous_runs(earlier, config, methods, seeds, **trace)
         if not args.report_only:
             run_protocol(
-                config, methods, seeds, runs_dir, vmap_seeds=args.vmap, progress=args.progress,
+                config, methods, seeds, runs_dir, vmap_seeds=args.vmap, vmap_max=args.vmap_max,
+                progress=args.progress,
                 skip=previous, **trace,
             )  # fmt: skip
         command = "python benchmarks/stability.py " + shlex.join(

@@ -149,3 +149,25 @@ def test_runner_refuses_a_workdir_with_other_settings(tmp_path, capsys):
                           "--batch_size=8"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "seed42" in err and "(batch_size)" in err
+
+
+def test_vmap_max_splits_a_methods_seeds_into_programs_of_at_most_n(tmp_path, capsys):
+    status = _cli(tmp_path, "--methods=fft", "--seeds=42,52,62", "--vmap", "--vmap_max=2")
+    assert status == 0, capsys.readouterr().err
+    summaries = {
+        s: json.loads((tmp_path / "runs" / "fft" / f"seed{s}" / "summary.json").read_text())
+        for s in (42, 52, 62)
+    }
+    # 42 and 52 train as one program of two seeds, 62 alone.
+    assert [summaries[s].get("vmapped_seeds") for s in (42, 52, 62)] == [2, 2, None]
+    alone = tmp_path / "alone"
+    status = stability.cli(
+        ["--example=bert", f"--out={alone / 'out'}", f"--runs_dir={alone / 'runs'}",
+         "--no-progress", *TINY, "--methods=fft", "--seeds=42,52,62"]
+    )  # fmt: skip
+    assert status == 0
+    for s in (42, 52, 62):
+        one = json.loads((alone / "runs" / "fft" / f"seed{s}" / "summary.json").read_text())
+        assert one["predictions"] == summaries[s]["predictions"]
+    assert _cli(tmp_path / "bad", "--vmap", "--vmap_max=-1") == 2
+    assert "vmap_max=-1" in capsys.readouterr().err
