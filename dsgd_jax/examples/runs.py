@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from dsgd_jax.examples.data import TaskData
     from dsgd_jax.examples.train import TrainConfig
 
-__all__ = ["Run", "build_run", "stack", "train_runs", "unstack"]
+__all__ = ["Run", "build_run", "over_seeds", "stack", "train_runs", "unstack"]
 
 
 def stack(trees):
@@ -51,6 +51,22 @@ def stack(trees):
 def unstack(tree, i: int):
     """Seed ``i``'s slice of a stacked tree."""
     return jax.tree.map(lambda x: x[i], tree)
+
+
+def over_seeds(fn, num: int, in_axes=0):
+    """``fn`` of one seed, jitted over the leading seed axis of its ``in_axes=0`` arguments
+    and of its outputs: ``jax.jit(jax.vmap(fn, in_axes))`` for ``num`` > 1 seeds. For one
+    seed it is ``fn`` itself on the seed's slice, the axis of 1 dropped and put back, which
+    is what the vmap computes, in the very operations (and float rounding) of one run."""
+    if num > 1:
+        return jax.jit(jax.vmap(fn, in_axes=in_axes))
+
+    def one(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        args = [a if ax is None else unstack(a, 0) for a, ax in zip(args, axes, strict=True)]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return jax.jit(one)
 
 
 class Run(NamedTuple):
@@ -199,10 +215,11 @@ class _Program:
         def pure_predict(state, inputs):
             return steps.predict(*nnx.merge(graphdef, state), inputs)
 
-        self._train = jax.jit(jax.vmap(pure_train))
-        self._conflict = jax.jit(jax.vmap(pure_conflict))
-        self._predict = jax.jit(jax.vmap(pure_predict, in_axes=(0, None)))
-        self._fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+        num = len(configs)
+        self._train = over_seeds(pure_train, num)
+        self._conflict = over_seeds(pure_conflict, num)
+        self._predict = over_seeds(pure_predict, num, in_axes=(0, None))
+        self._fold = over_seeds(jax.random.fold_in, num, in_axes=(0, None))
 
     def place(self, batch):
         return self.placement.shard(batch, axis=1)  # [S, B, ...]: split B over the mesh
