@@ -255,6 +255,15 @@ def readme_section(folders: Sequence[Path], root: Path) -> str:
     return _section(load_settings(folders), root)
 
 
+def _commands(results: dict) -> str:
+    """The command that made a results file, or each of those that added to it."""
+    commands = list(dict.fromkeys(results.get("commands") or [results["command"]]))
+    if len(commands) == 1:
+        return f"`{commands[0]}`"
+    listed = "; ".join(f"`{c}`" for c in commands)
+    return f"Made by {len(commands)} commands, each adding its runs to results.json: {listed};"
+
+
 def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str:
     """:func:`readme_section` from settings already read by :func:`load_settings`."""
     parts = [f"<!-- {README_MARKER} -->"]
@@ -303,7 +312,7 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
             "<details>",
             f"<summary>{setting_label(results)} · {config['num_epochs']} epochs</summary>",
             "",
-            f"`{results['command']}` on {machine['cpu']} ({machine['cores']} cores, "
+            _commands(results) + f" on {machine['cpu']} ({machine['cores']} cores, "
             f"{machine['device']}; jax {machine['jax']}, flax {machine['flax']}). Per-seed "
             f"results, plots: `{rel}/`." + _missing(results["missing"]),
             "",
