@@ -160,14 +160,6 @@ def test_vmap_max_splits_a_methods_seeds_into_programs_of_at_most_n(tmp_path, ca
     }
     # 42 and 52 train as one program of two seeds, 62 alone.
     assert [summaries[s].get("vmapped_seeds") for s in (42, 52, 62)] == [2, 2, None]
-    alone = tmp_path / "alone"
-    status = stability.cli(
-        ["--example=bert", f"--out={alone / 'out'}", f"--runs_dir={alone / 'runs'}",
-         "--no-progress", *TINY, "--methods=fft", "--seeds=42,52,62"]
-    )  # fmt: skip
-    assert status == 0
-    for s in (42, 52, 62):
-        one = json.loads((alone / "runs" / "fft" / f"seed{s}" / "summary.json").read_text())
-        assert one["predictions"] == summaries[s]["predictions"]
+    assert all(summaries[s]["finished"] for s in summaries)  # (vmapped = one by one: test_seeds)
     assert _cli(tmp_path / "bad", "--vmap", "--vmap_max=-1") == 2
     assert "vmap_max=-1" in capsys.readouterr().err
