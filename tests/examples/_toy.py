@@ -64,3 +64,9 @@ def saved_tree(workdir, epoch):
     """The ``{"model", "optimizer"}`` tree of a run's checkpoint of ``epoch``, on one device
     whatever mesh or process count wrote it."""
     return ckpt.read_tree(workdir / "checkpoints", epoch)
+
+
+def truncate_largest_file(folder):
+    """Cuts the largest file under ``folder`` (a checkpoint) to a third: it reads back as junk."""
+    path = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])

@@ -14,7 +14,7 @@ import threading
 import jax
 import numpy as np
 import pytest
-from _toy import ToyConfig, saved_tree
+from _toy import ToyConfig, saved_tree, truncate_largest_file
 from _toy import config as toy_config
 
 from dsgd_jax.examples import checkpoint, files, interrupt, stability
@@ -54,9 +54,7 @@ def _flip_bits(folder):
     path.write_bytes(bytes(data))
 
 
-def _truncate(folder):
-    path = _largest_file(folder)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+_truncate = truncate_largest_file
 
 
 def _delete_metadata(folder):

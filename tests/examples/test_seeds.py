@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from _toy import config as toy_config
-from _toy import saved_tree
+from _toy import saved_tree, truncate_largest_file
 
 from dsgd_jax.examples.seeds import train_seeds
 from dsgd_jax.examples.train import train_and_evaluate
@@ -63,6 +63,15 @@ def test_vmapped_seeds_equal_sequential_runs(tmp_path, overrides):
     assert not np.allclose(first[0], first[1])
 
 
+def _assert_same_run(a, b):
+    """The runs in workdirs ``a`` and ``b`` end with the same bits and log the same lines."""
+    x, y = jax.tree.leaves(saved_tree(a, 3)), jax.tree.leaves(saved_tree(b, 3))
+    assert len(x) == len(y) > 0
+    for u, v in zip(x, y, strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert (b / "metrics.jsonl").read_text() == (a / "metrics.jsonl").read_text()
+
+
 def test_vmapped_group_stops_and_resumes_exactly(tmp_path):
     config = toy_config(num_epochs=3)
     dirs = [tmp_path / "split" / str(s) for s in SEEDS[:2]]
@@ -72,14 +81,7 @@ def test_vmapped_group_stops_and_resumes_exactly(tmp_path):
     resumed = train_seeds(dataclasses.replace(config, resume=True), SEEDS[:2], dirs)
     for a, b, seed in zip(full, resumed, SEEDS, strict=True):
         assert b["finished"] and a["predictions"] == b["predictions"]
-        for x, y in zip(
-            jax.tree.leaves(saved_tree(tmp_path / "full" / str(seed), 3)),
-            jax.tree.leaves(saved_tree(tmp_path / "split" / str(seed), 3)),
-            strict=True,
-        ):
-            np.testing.assert_array_equal(x, y)
-        full_log = (tmp_path / "full" / str(seed) / "metrics.jsonl").read_text()
-        assert (tmp_path / "split" / str(seed) / "metrics.jsonl").read_text() == full_log
+        _assert_same_run(tmp_path / "full" / str(seed), tmp_path / "split" / str(seed))
 
 
 @pytest.mark.parametrize("damaged", [(1,), (0, 1)], ids=["one seed", "every seed"])
@@ -91,22 +93,13 @@ def test_a_damaged_newest_checkpoint_sends_the_group_back_to_the_common_epoch(
     train_seeds(config, SEEDS[:2], [tmp_path / "full" / str(s) for s in SEEDS[:2]])
     train_seeds(dataclasses.replace(config, stop_after_epochs=2), SEEDS[:2], dirs)
     for i in damaged:  # their epoch 2 reads back as junk
-        files = (p for p in (dirs[i] / "checkpoints" / "2").rglob("*") if p.is_file())
-        biggest = max(files, key=lambda p: p.stat().st_size)
-        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
+        truncate_largest_file(dirs[i] / "checkpoints" / "2")
     capsys.readouterr()
     resumed = train_seeds(dataclasses.replace(config, resume=True), SEEDS[:2], dirs)
     assert "epoch 2" in capsys.readouterr().err
     for seed, run in zip(SEEDS, resumed, strict=True):  # both trained epochs 2 and 3 again
         assert run["finished"]
-        for x, y in zip(
-            jax.tree.leaves(saved_tree(tmp_path / "full" / str(seed), 3)),
-            jax.tree.leaves(saved_tree(tmp_path / "split" / str(seed), 3)),
-            strict=True,
-        ):
-            np.testing.assert_array_equal(x, y)
-        full_log = (tmp_path / "full" / str(seed) / "metrics.jsonl").read_text()
-        assert (tmp_path / "split" / str(seed) / "metrics.jsonl").read_text() == full_log
+        _assert_same_run(tmp_path / "full" / str(seed), tmp_path / "split" / str(seed))
 
 
 def test_seeds_at_different_epochs_are_refused(tmp_path):
