@@ -5,8 +5,9 @@
 
 Writes ``benchmarks/results/<example>_default.json`` (both summaries, the
 command lines, the machine and the library versions) and rewrites the
-example's results block of README.md from that file. ``--readme-only`` redoes
-the README blocks from the saved JSON files without training.
+example's results block (README.md for BERT, docs/guides/examples.md for the
+ViT) from that file. ``--readme-only`` redoes
+those blocks from the saved JSON files without training.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from _lib.readme import fill_block
+from _lib.readme import PAGES, fill_block
 from dsgd_jax.examples import markdown as markdown_table
 from dsgd_jax.examples.cli import parse
 from dsgd_jax.examples.fields import config_field
@@ -28,7 +29,7 @@ from dsgd_jax.examples.stability_results import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
     "bert": {"module": "dsgd_jax.examples.bert", "marker": "readme:main-job-results"},
-    "vit": {"module": "dsgd_jax.examples.vit", "marker": "readme:vit-results"},
+    "vit": {"module": "dsgd_jax.examples.vit", "marker": "docs:vit-results"},
 }
 EXAMPLE_NAMES = tuple(sorted(EXAMPLES))
 
@@ -149,7 +150,8 @@ def markdown(results: dict) -> str:
 
 
 def update_readme(results: dict) -> None:
-    fill_block(ROOT / "README.md", EXAMPLES[results["example"]]["marker"], markdown(results))
+    marker = EXAMPLES[results["example"]]["marker"]
+    fill_block(ROOT / PAGES[marker], marker, markdown(results))
 
 
 @dataclasses.dataclass
@@ -163,12 +165,12 @@ class Flags:
         Path("runs/default_runs"), "folder of the runs' workdirs, <example>-fft and <example>-dsgd"
     )
     readme_only: bool = config_field(
-        False, "no training: the table and the README block from the saved results file"
+        False, "no training: the table and the results block from the saved results file"
     )
     out: Path | None = config_field(
         None,
         "results file; default benchmarks/results/<example>_default.json, the only one "
-        "that rewrites the README block",
+        "that rewrites the results block",
     )
     flags: str = config_field("", "more flags for both runs, e.g. '--model=tiny --num_epochs=1'")
 

@@ -207,7 +207,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-MARKER = "readme:pilot"
+MARKER = "docs:pilot"
 
 
 def verdict(rows: list[dict], pending: list[str] = ()) -> str:
@@ -234,7 +234,8 @@ def verdict(rows: list[dict], pending: list[str] = ()) -> str:
 
 
 def readme_text(rows: list[dict], out: Path, pending: list[str] = ()) -> str:
-    """The README's pilot block: the command, the table, the verdict and the plot."""
+    """The pilot block of the stability page (``docs/results/stability.md``): the command,
+    the table, the verdict and the plot."""
     return "\n".join(
         [
             f"<!-- {MARKER} -->",
@@ -253,9 +254,8 @@ def readme_text(rows: list[dict], out: Path, pending: list[str] = ()) -> str:
     )
 
 
-def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[dict]:
-    """Writes ``table.md``, ``pilot.json`` and ``pilot.png`` from the finished settings,
-    and the pilot block of ``readme`` if given."""
+def finished(settings: list[dict], out: Path) -> tuple[list[dict], list[str]]:
+    """The rows of the settings whose results are in ``out``, and the names of the rest."""
     rows, pending = [], []
     for entry in settings:
         path = out / entry["name"] / "results.json"
@@ -263,6 +263,13 @@ def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[
             rows.append(summarize(entry, load_results(path)))
         else:
             pending.append(entry["name"])
+    return rows, pending
+
+
+def report(settings: list[dict], out: Path, readme: Path | None = None) -> list[dict]:
+    """Writes ``table.md``, ``pilot.json`` and ``pilot.png`` from the finished settings,
+    and the pilot block of the page ``readme`` if given."""
+    rows, pending = finished(settings, out)
     if not rows:
         return rows
     (out / "table.md").write_text(markdown(rows))
@@ -315,7 +322,10 @@ def main(argv: list[str] | None = None, settings: list[dict] | None = None) -> i
             status = stability.cli([*protocol_argv(entry, args.out), *extra])
             if status != 0:
                 return status
-    readme = Path("README.md") if args.out == OUT and Path("README.md").exists() else None
+    from _lib.readme import PAGES, ROOT
+
+    page = ROOT / PAGES[MARKER]
+    readme = page if args.out == OUT and page.exists() else None
     rows = report(settings, args.out, readme)
     if rows:
         print((args.out / "table.md").read_text())

@@ -1,6 +1,6 @@
 """Gradient cancellation, shown exactly: where plain gradient descent stops and DSGD moves.
 
-    python benchmarks/mechanism.py   # benchmarks/results/mechanism/, README's mechanism block
+    python benchmarks/mechanism.py   # benchmarks/results/mechanism/, docs/method.md's block
 
 The model is logistic regression on ten points of a line (parameters w, b; class
 1 when w x + b > 0): eight of class 1 and two of class 0, at -0.9 and 0.7. Full
@@ -133,11 +133,11 @@ def demonstrate() -> dict:
     }
 
 
-MARKER = "readme:mechanism"
+MARKER = "docs:mechanism"
 
 
 def readme_text(result: dict) -> str:
-    """The README's block on the demonstration, every number from ``result``."""
+    """The method page's block on the demonstration, every number from ``result``."""
     runs, moved = result["runs"], result["largest_move"]
     start = np.round(result["fft_fixed_point"], 3)
     half = runs["dsgd_beta0.5"]
@@ -220,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "mechanism.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, OUT / "mechanism.png")
-    from _lib.readme import fill_block
+    from _lib.readme import PAGES, ROOT, fill_block
 
-    fill_block(Path("README.md"), MARKER, readme_text(result))
+    fill_block(ROOT / PAGES[MARKER], MARKER, readme_text(result))
     runs = result["runs"]
     print(
         f"FFT's fixed point {np.round(result['fft_fixed_point'], 4)}: accuracy "

@@ -1,9 +1,10 @@
-"""Rewrites README.md's performance results from benchmarks/results/step_overhead/*/results.json.
+"""Rewrites the performance results of docs/results/performance.md, and the README's
+summary line, from benchmarks/results/step_overhead/*/results.json.
 
     python benchmarks/performance_readme.py
 
 Run it after committing a benchmarks/step_overhead.py run; the test suite checks
-that the README's section equals what this writes.
+that the page's block and the README's summary equal what this writes.
 """
 
 import sys

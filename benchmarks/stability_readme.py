@@ -1,9 +1,10 @@
-"""Rewrites README.md's seed-stability results from benchmarks/results/stability/*/results.json.
+"""Rewrites the seed-stability results of docs/results/stability.md, and the README's
+summary of them, from benchmarks/results/stability/*/results.json.
 
     python benchmarks/stability_readme.py
 
 Run it after committing a protocol run (benchmarks/stability.py); the test suite
-checks that the README's section equals what this writes.
+checks that the page's block and the README's summary equal what this writes.
 """
 
 import sys

@@ -43,11 +43,11 @@ class GradientConflict(NamedTuple):
         cosine: cos(g_W, g_C); 0 when either group is empty, NaN when a valid
             loss or a gradient is NaN (never a silent 0). Negative values mean
             the two groups pull against each other (gradient cancellation).
-        wrong_norm: ||g_W||.
-        correct_norm: ||g_C|| (unscaled).
-        total_norm: ||g_W + scale * g_C||, the norm of the update direction
+        wrong_norm: ``||g_W||``.
+        correct_norm: ``||g_C||`` (unscaled).
+        total_norm: ``||g_W + scale * g_C||``, the norm of the update direction
             (the plain gradient's norm for ``scale=1``).
-        fraction_correct: |C| / n.
+        fraction_correct: ``|C| / n``.
 
     Examples:
         >>> import dsgd_jax

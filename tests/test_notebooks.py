@@ -22,12 +22,13 @@ def _repository() -> str:
     return match.group(1)
 
 
-def test_every_notebook_is_listed_here_and_in_the_readme():
+def test_every_notebook_is_listed_here_and_on_the_docs_page():
     assert sorted(p.name for p in NOTEBOOKS) == sorted(FIGURES)
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Notebooks") :].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "notebooks.md").read_text()
+    toctree = re.search(r"```\{toctree\}\n(.*?)```", page, re.S).group(1).split()
     for name in FIGURES:
-        assert f"`{name}`" in section, f"the README's Notebooks section does not name {name}"
+        assert f"`{name}`" in page, f"docs/notebooks.md does not describe {name}"
+        assert f"notebooks/{name.removesuffix('.ipynb')}" in toctree, f"no page renders {name}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,5 +1,6 @@
-"""The README's performance block, from the committed step-overhead, PyTorch-peer and
-vmapped-seed results (``python benchmarks/performance_readme.py`` writes it)."""
+"""The performance block of ``docs/results/performance.md``, from the committed
+step-overhead, PyTorch-peer and vmapped-seed results, and the README's summary line
+(``python benchmarks/performance_readme.py`` writes both)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _lib import readme, timing
+from _lib import readme, summary, timing
 from _lib.overhead import BASELINE, CONTROL, FULL, markdown_table
 
 __all__ = ["readme_section", "results_files", "update_readme", "verdict"]
 
-README_MARKER = "readme:performance-results"
+README_MARKER = "docs:performance-results"
 TARGETS = {"cpu": 1.02, "gpu": 1.01}  # DSGD / AdamW median step-time ratio
 
 
@@ -99,7 +100,7 @@ def results_files(root: Path) -> list[Path]:
 
 
 def readme_section(root: Path) -> str:
-    """The README's performance block from the committed step-overhead results."""
+    """The performance page's block from the committed step-overhead results."""
     parts = [f"<!-- {README_MARKER} -->"]
     files = results_files(root)
     if not files:
@@ -110,7 +111,7 @@ def readme_section(root: Path) -> str:
         rel = path.parent.relative_to(root).as_posix()
         parts += [
             "",
-            f"#### {path.parent.name}: {m['device']} · {m['cpu']} ({m['cores']} cores) · "
+            f"### {path.parent.name}: {m['device']} · {m['cpu']} ({m['cores']} cores) · "
             f"{result['steps']} rounds",
             "",
             f"`{result['command'].strip()}` (jax {m['jax']}, optax {m['optax']}, flax "
@@ -168,7 +169,9 @@ def _torch_peer_paragraph(r: dict[str, Any]) -> str:
 
 
 def update_readme(root: Path) -> str:
-    """Rewrites the README's performance block from the committed results; returns it."""
+    """Rewrites the performance page's block and the README's summary from the committed
+    results; returns the block."""
     section = readme_section(root)
-    readme.fill_block(root / "README.md", README_MARKER, section)
+    readme.fill_block(root / readme.PAGES[README_MARKER], README_MARKER, section)
+    summary.update(root)
     return section

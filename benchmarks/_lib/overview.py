@@ -1,6 +1,6 @@
 """Many protocol runs side by side: setting names, the overview table and plot.
 
-What the README's seed-stability block and the pilot's table show across
+What the stability page's results block and the pilot's table show across
 settings (``benchmarks/stability_readme.py``, ``benchmarks/instability_pilot.py``).
 """
 

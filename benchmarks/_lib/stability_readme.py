@@ -1,5 +1,6 @@
-"""The README's seed-stability block: per setting its table, plots and verdict, and the
-overview across settings (``python benchmarks/stability_readme.py`` writes it)."""
+"""The seed-stability results: the block of ``docs/results/stability.md`` (per setting
+its table, plots and verdict, and the overview across settings) and the README's short
+summary of it (``python benchmarks/stability_readme.py`` writes both)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _lib import readme
+from _lib import readme, summary
 from _lib.overview import overview_rows, overview_table, plot_overview, setting_key, setting_label
 from dsgd_jax.examples.stability_report import markdown_table, write_report
 from dsgd_jax.examples.stability_stats import ensemble_stats, load_results, method_stats
@@ -22,7 +23,7 @@ __all__ = [
     "verdict",
 ]
 
-README_MARKER = "readme:stability-results"
+README_MARKER = "docs:stability-results"
 
 
 def _pct(x: float) -> str:
@@ -247,7 +248,8 @@ def _widest_spreads(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def readme_section(folders: Sequence[Path], root: Path) -> str:
-    """The README's results section from the committed ``results.json`` files in ``folders``.
+    """The stability page's results block from the committed ``results.json`` files in
+    ``folders``.
 
     An overview of every setting (table, verdict, ``overview.png``; see
     :func:`update_readme`) comes first, then each setting's full table.
@@ -301,7 +303,7 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
             "",
             f"![FFT against DSGD per seed, every setting]({OVERVIEW_PLOT})",
             "",
-            "Each setting in full (click to open):",
+            "Each setting in full:",
         ]
     for folder, results in settings:
         config = results["base_config"]
@@ -309,8 +311,7 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
         rel = folder.relative_to(root).as_posix()
         parts += [
             "",
-            "<details>",
-            f"<summary>{setting_label(results)} · {config['num_epochs']} epochs</summary>",
+            f"### {setting_label(results)} · {config['num_epochs']} epochs",
             "",
             _commands(results) + f" on {machine['cpu']} ({machine['cores']} cores, "
             f"{machine['device']}; jax {machine['jax']}, flax {machine['flax']}). Per-seed "
@@ -323,8 +324,6 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
             "machine (a vmapped group's time divided by its seeds), not a speed comparison.",
             "",
             f"![per-seed accuracy]({rel}/seed_accuracy.png)",
-            "",
-            "</details>",
         ]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
@@ -359,7 +358,8 @@ OVERVIEW_PLOT = "benchmarks/results/stability/overview.png"
 
 
 def update_readme(root: Path) -> str:
-    """Rewrites the README's results section, ``OVERVIEW_PLOT`` and each committed
+    """Rewrites the stability page's results block, the README's summary, ``OVERVIEW_PLOT``
+    and each committed
     setting's table and plots (:func:`~dsgd_jax.examples.stability_report.write_report`)
     from the committed ``results.json`` files, which it only reads.
 
@@ -372,5 +372,6 @@ def update_readme(root: Path) -> str:
     if overview_rows(all_results):
         plot_overview(all_results, root / OVERVIEW_PLOT)
     section = _section(settings, root)
-    readme.fill_block(root / "README.md", README_MARKER, section)
+    readme.fill_block(root / readme.PAGES[README_MARKER], README_MARKER, section)
+    summary.update(root)
     return section

@@ -12,7 +12,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _committed_files() -> dict[str, bytes]:
-    paths = [ROOT / "README.md", *(ROOT / "benchmarks" / "results").rglob("*")]
+    pages = [p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts]
+    paths = [ROOT / "README.md", *pages]
+    paths += (ROOT / "benchmarks" / "results").rglob("*")
     return {str(p): p.read_bytes() for p in paths if p.is_file()}
 
 
@@ -41,5 +43,5 @@ def test_gpu_script_runs_every_benchmark_at_quick_size(tmp_path):
         assert set(runs) == {"fft", "dsgd"} and all(r["finished"] for r in runs.values())
         assert runs["dsgd"]["config"]["num_epochs"] == 1  # the quick flags reached the runs
     assert "PyTorch peer" in log and not (out / "runs").exists()
-    # The README and the results files are untouched by a run with its own OUT.
+    # The README, the docs pages and the results files are untouched by a run with its own OUT.
     assert _committed_files() == before

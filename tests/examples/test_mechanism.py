@@ -105,5 +105,7 @@ def test_committed_result_is_what_the_script_computes(result):
     assert (ROOT / "benchmarks/results/mechanism/mechanism.png").exists()
 
 
-def test_readme_block_is_generated_from_the_demonstration(mech, result):
-    assert mech.readme_text(result) in (ROOT / "README.md").read_text()
+def test_the_method_page_block_is_generated_from_the_demonstration(mech, result):
+    from _lib import readme
+
+    assert readme.current(mech.MARKER, mech.readme_text(result)), "run benchmarks/mechanism.py"

@@ -191,11 +191,10 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
     assert list(json.loads((saved / "digests.json").read_text())) == ["1"]  # by process 0
 
 
-def test_readme_scale_out_commands_parse():
+def test_the_scale_out_guide_commands_parse():
     from dsgd_jax.examples.cli import parse_config
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs/guides/data_parallel.md").read_text()
     text = section.replace("\\\n", " ").replace('"', " ")
     commands = re.findall(r"python -m dsgd_jax\.examples\.(bert|vit)([^\n]*)", text)
     assert len(commands) >= 5

@@ -14,11 +14,9 @@
 The loop (:mod:`dsgd_jax.examples.train`) calls the hooks of
 ``METHODS[config.method]`` (a :class:`~.base.Method`) and has no method of its own.
 
-Adding a method
----------------
-Write a module with a :class:`~.base.Method` subclass that overrides the hooks the
-method changes, and add its instance to :data:`METHODS` (or, from outside the
-package, pass it to :func:`register`). The method's own settings are a small
+**Adding a method.** Write a module with a :class:`~.base.Method` subclass that
+overrides the hooks the method changes, and add its instance to :data:`METHODS`
+(or, from outside the package, pass it to :func:`register`). The method's own settings are a small
 dataclass, its ``config``; the examples' configs inherit the ``config`` of every
 method in :data:`METHODS` (so ``--focal_alpha`` is a flag of every example), and a
 method registered from outside adds its settings to an example's config by

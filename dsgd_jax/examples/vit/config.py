@@ -9,7 +9,7 @@ long-tailed (ratio 100) version of MNIST-5k, tested on a balanced split::
     python -m dsgd_jax.examples.vit --method=fft
     python -m dsgd_jax.examples.vit pretrain             # just the pretraining
 
-Both run on a 2-core CPU (the README gives the measured times and accuracies).
+Both run on a 2-core CPU (docs/guides/examples.md gives the measured times and accuracies).
 With the original ViT release's weights, on a GPU::
 
     python -m dsgd_jax.examples.vit --init=npz --npz=ViT-B_16.npz --model=b16 \\
