@@ -363,6 +363,22 @@ def test_readme_probe_numbers_come_from_the_committed_files():
         # The committed counts add up to the test split.
         assert sum(probe["test_prediction_counts"].values()) == report["test_examples"]
 
+    # The LoRA runs the paragraph sets beside the probes.
+    def lora_runs(folder: str) -> list[dict]:
+        results = json.loads(
+            (ROOT / "benchmarks/results/stability" / folder / "results.json").read_text()
+        )
+        return [run for run in results["runs"] if run["method"] == "lora"]
+
+    bert = lora_runs("bert-drugs-len64-lr3e-4")
+    assert len(bert) == 10 and all(run["majority_share"] >= 0.95 for run in bert)
+    (trainable,) = {run["num_trainable"] for run in bert}
+    (total,) = {run["num_params"] for run in bert}
+    assert f"{trainable:,}" in page and f"{total / 1e6:.1f}M" in page
+    vit = lora_runs("vit-mnist5k-longtail100")
+    assert len(vit) == 10
+    assert f"{np.mean([run['accuracy'] for run in vit]):.2%}" in page
+
 
 def test_the_reliability_page_counts_the_fault_tests_it_promises():
     block = re.search(
