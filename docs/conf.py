@@ -45,7 +45,6 @@ myst_heading_anchors = 3
 exclude_patterns = ["_build", "ext", "README.md"]
 suppress_warnings = ["myst.header"]  # pages start below the README's top heading
 
-autodoc_default_options = {"members": False}
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
@@ -64,4 +63,9 @@ html_theme_options = {
     "use_repository_button": True,
     "path_to_docs": "docs",
 }
-nitpicky = False
+# Every reference must resolve (a broken one fails the build), except the types of
+# other libraries, which have no pages here (no intersphinx: the build is offline).
+nitpicky = True
+nitpick_ignore_regex = [
+    ("py:.*", r"(jax|jaxlib|numpy|optax|flax|nnx|collections|typing|pathlib|Path)(\..*)?"),
+]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +82,39 @@ def test_the_docs_build_offline_without_a_warning_and_render_every_page():
     assert len(images) > len(_overview_rows())  # one per setting, the overview, the pilot
     for src in images:
         assert (out / "results" / src).is_file(), src
+
+
+def _build(source: pathlib.Path, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:
+    command = _block_after("readme:docs-command").split()
+    assert command[:3] == ["python", "-m", "sphinx"]
+    flags = command[3:-2]  # the README's options, without its source and output folders
+    assert {"-W", "--keep-going"} <= set(flags)
+    return subprocess.run(
+        [sys.executable, "-m", "sphinx", *flags, "-q", str(source), str(tmp_path / "html")],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("fault", ["a broken reference", "a public name without a page"])
+def test_the_docs_build_fails_on(fault, tmp_path):
+    """The README's build flags with this project's conf.py, on a two-page site that is
+    sound but for one fault."""
+    source = tmp_path / "docs"
+    shutil.copytree(DOCS / "ext", source / "ext")
+    shutil.copy(DOCS / "conf.py", source / "conf.py")
+    api = _page("api.md")
+    index = "# Site\n\n```{toctree}\napi\n```\n\nSee {func}`dsgd_jax.step_count`.\n"
+    if fault == "a broken reference":
+        index += "And {func}`dsgd_jax.no_such_function`.\n"
+        expected = "reference target not found: dsgd_jax.no_such_function"
+    else:
+        api = api.replace(".. autofunction:: dsgd_jax.step_count\n", "")
+        expected = "public names without a page: dsgd_jax.step_count"
+    (source / "index.md").write_text(index)
+    (source / "api.md").write_text(api)
+    proc = _build(source, tmp_path)
+    assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
 
 
 def test_readme_quickstart_runs_and_is_short():

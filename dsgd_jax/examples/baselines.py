@@ -3,17 +3,18 @@
 Each lives in its method module of :mod:`dsgd_jax.examples.methods`; this module
 gathers their building blocks under one name.
 
-- Focal losses (Lin et al. 2017): :func:`softmax_focal_loss`, :func:`sigmoid_focal_loss`.
+- Focal losses (Lin et al. 2017): :func:`~.focal.softmax_focal_loss`,
+  :func:`~.focal.sigmoid_focal_loss`.
 - PCGrad (Yu et al. 2020) with the wrong and the correct examples as its two tasks:
-  :func:`pcgrad_combine`, :func:`pcgrad_value_and_grad`.
+  :func:`~.pcgrad.pcgrad_combine`, :func:`~.pcgrad.pcgrad_value_and_grad`.
 - NoisyTune (Wu et al. 2022), a one-off perturbation before fine-tuning:
-  :func:`noisytune`, :func:`noisytune_model`.
-- SWA (Izmailov et al. 2018) as an optax transformation: :func:`swa`,
-  :func:`swa_params`, :func:`swa_count`.
+  :func:`~.noisytune.noisytune`, :func:`~.noisytune.noisytune_model`.
+- SWA (Izmailov et al. 2018) as an optax transformation: :func:`~.swa.swa`,
+  :func:`~.swa.swa_params`, :func:`~.swa.swa_count`.
 - LNSR (Hua et al. 2021), a noise-stability penalty on the model's last layers:
-  :func:`lnsr_penalty`.
-- LoRA (Hu et al. 2022) on top of ``flax.nnx.LoRA``: :class:`ScaledLoRA`,
-  :func:`add_lora`, :func:`lora_trainable`.
+  :func:`~.lnsr.lnsr_penalty`.
+- LoRA (Hu et al. 2022) on top of ``flax.nnx.LoRA``: :class:`~.lora.ScaledLoRA`,
+  :func:`~.lora.add_lora`, :func:`~.lora.lora_trainable`.
 
 LNSR and LoRA need a model split into ``features(inputs, *, rngs=None)`` and
 ``classify(features, *, rngs=None, noise=(None, None))`` with a ``head_name`` (the attribute

@@ -176,7 +176,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, An
     ``checkpoints/`` (orbax, one per epoch) and ``summary.json``.
 
     Returns:
-      The summary: test accuracy, macro-F1, per-class recall, failure flags,
+      The summary, a dict of the test accuracy, macro-F1, per-class recall, failure flags,
       the mean pairwise cosine of the test features,
       test predictions, wall time and the settings.
     """

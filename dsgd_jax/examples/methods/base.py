@@ -87,7 +87,8 @@ class Method:
 
     def model_loss(self, config, loss, model, inputs, labels, valid, key, scale):
         """``(value, aux)`` of the batch: ``loss`` (a :func:`dsgd_jax.make_dsgd_loss` of
-        :meth:`per_example_loss`) on the model's logits, dropout from ``key``."""
+        :meth:`~dsgd_jax.examples.methods.Method.per_example_loss`) on the model's logits,
+        dropout from ``key``."""
         logits = model(inputs, rngs=nnx.Rngs(dropout=key))
         return loss(logits, labels, scale=scale, where=valid)
 
