@@ -561,7 +561,7 @@ def test_plot_overview(tmp_path, saved_figures):
         overview.plot_overview([only_fft], tmp_path / "none.png")
 
 
-def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
+def test_results_block_overview_only_with_fft_and_dsgd(tmp_path):
     def folder(name, results):
         results = {
             **_setting(results, name, 1e-4),
@@ -580,12 +580,12 @@ def test_readme_section_overview_only_with_fft_and_dsgd(tmp_path):
     a = folder("a", fft_only)
     section = stability_readme.readme_section([a], tmp_path)
     assert "| setting |" not in section and stability_readme.OVERVIEW_PLOT not in section
-    assert "<summary>BERT · a · 32 tokens · lr 1e-4 · 3 epochs</summary>" in section
+    assert "\n### BERT · a · 32 tokens · lr 1e-4 · 3 epochs\n" in section  # its own heading
     b = folder("b", _results())
     section = stability_readme.readme_section([a, b], tmp_path)
     assert section.count("| BERT · ") == 1  # the overview row of b only
     assert f"]({stability_readme.OVERVIEW_PLOT})" in section
-    assert section.count("<details>") == section.count("</details>") == 2
+    assert section.count("\n### ") == 2  # one section per setting
     assert "Over 1 setting, DSGD's mean accuracy is above FFT's in 1" in section
 
 
