@@ -9,7 +9,9 @@
 #   step_overhead-float32/, step_overhead-bfloat16/  DSGD's step against AdamW's (minilm-l6,
 #                                                   bert-base, vit-b16; results.json, table.md)
 #   torch_peer/                                     the JAX step against PyTorch's on the GPU
-#   vmap_seeds.json                                 10 seeds vmapped against 10 sequential runs
+#   vmap_seeds.json, vmap_seeds-bert.json           10 seeds vmapped against 10 sequential runs
+#                                                   (small ViT; MiniLM at the protocol's failure
+#                                                   recipe), in total and per epoch after the first
 #   bert_default.json, vit_default.json             the examples' default runs, FFT and DSGD
 #   device.txt, log.txt                             what ran where, and everything it printed
 # A step that fails is named in log.txt and the others still run; the exit status is that of
@@ -43,13 +45,17 @@ step() {  # step NAME COMMAND...: run one benchmark, log it, remember the first 
 if [ $quick = 1 ]; then
   overhead=(--quick --configs=bert-tiny --steps=2 --variants=adamw,dsgd)
   peer=(--quick --steps=2)
-  seeds=(--seeds=2 --num_epochs=1 --model=tiny --init=random --dataset=digits)
+  seeds=(--seeds=2 --num_epochs=2 --model=tiny --init=random --dataset=digits)
+  seeds_bert=(--example=bert --seeds=2 --num_epochs=2 --model=tiny --task=synthetic)
   bert=(--flags="--model=tiny --task=synthetic --num_epochs=1")
   vit=(--flags="--model=tiny --init=random --dataset=digits --num_epochs=1")
 else
   overhead=(--configs=minilm-l6,bert-base,vit-b16 --steps=20)
   peer=(--steps=20)
   seeds=(--seeds=10)
+  seeds_bert=(--example=bert --seeds=10 --num_epochs=2 --task=tweets2 --max_length=64
+              --learning_rate=1.5e-4 --optimizer=bertadam --warmup_ratio=0 --batch_size=5
+              --grad_accum_steps=2 --max_grad_norm=0)
   bert=()
   vit=()
 fi
@@ -63,6 +69,8 @@ else
   echo "== PyTorch peer: skipped, torch is not installed (pip install -e \".[bench]\")" | tee -a "$log"
 fi
 step "vmapped seeds" "$PY" benchmarks/vmap_seeds.py "${seeds[@]}" --out="$OUT/vmap_seeds.json"
+step "vmapped seeds (BERT)" "$PY" benchmarks/vmap_seeds.py "${seeds_bert[@]}" \
+  --out="$OUT/vmap_seeds-bert.json"
 step "BERT default runs" "$PY" benchmarks/default_runs.py --example=bert "${bert[@]}" \
   --workdir="$OUT/runs" --out="$OUT/bert_default.json"
 step "ViT default runs" "$PY" benchmarks/default_runs.py --example=vit "${vit[@]}" \

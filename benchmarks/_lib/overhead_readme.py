@@ -137,18 +137,35 @@ def readme_section(root: Path) -> str:
         ]
     for path in sorted((root / "benchmarks" / "results" / "torch_peer").glob("*/results.json")):
         parts += ["", _torch_peer_paragraph(json.loads(path.read_text()))]
-    seeds = root / "benchmarks" / "results" / "vmap_seeds.json"
-    if seeds.exists():
-        t = json.loads(seeds.read_text())
-        parts += [
-            "",
-            f"Seeds: `{t['command'].strip()}` trained {len(t['seeds'])} seeds of the small ViT "
-            f"({t['config']['num_epochs']} epochs, compile included) in {t['vmapped_s']:.0f} s as "
-            f"one vmapped program against {t['sequential_s']:.0f} s one run after another "
-            f"({t['speedup']:.2f}x, {t['machine']['cpu']}, {t['machine']['cores']} cores).",
-        ]
+    for path in sorted((root / "benchmarks" / "results").glob("vmap_seeds*.json")):
+        parts += ["", _seeds_paragraph(json.loads(path.read_text()))]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
+
+
+def _seeds_paragraph(t: dict[str, Any]) -> str:
+    """One committed ``benchmarks/vmap_seeds.py`` run: in total, and per epoch after the
+    first where the file has it."""
+    c, m = t["config"], t["machine"]
+    model = f"{c['model']} ViT" if "image_size" in c else f"{c['model']} BERT"
+    text = (
+        f"Seeds: `{t['command'].strip()}` trained {len(t['seeds'])} seeds of {t['task']} "
+        f"({model}, {c['num_epochs']} epochs) in {t['vmapped_s']:.0f} s as one vmapped "
+        f"program against {t['sequential_s']:.0f} s one run after another "
+        f"({t['speedup']:.2f}x, compile, loading and evaluation included; {m['cpu']}, "
+        f"{m['cores']} cores, {m['device']}), with the same predictions for "
+        f"{t['same_predictions']} seeds."
+    )
+    if "steady_speedup" in t:
+        text += (
+            f" Training alone, per epoch after the first (the first holds the compilation): "
+            f"{t['steady_epoch_s_vmapped']:.1f} s vmapped against "
+            f"{t['steady_epoch_s_sequential']:.1f} s for the sequential runs together "
+            f"({t['steady_speedup']:.2f}x)."
+        )
+    else:
+        text += " Its file predates the per-epoch timing (rerun the command for it)."
+    return text
 
 
 def _torch_peer_paragraph(r: dict[str, Any]) -> str:

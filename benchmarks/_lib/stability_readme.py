@@ -4,7 +4,6 @@ summary of it (``python benchmarks/stability_readme.py`` writes both)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -269,21 +268,6 @@ def _commands(results: dict) -> str:
 def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str:
     """:func:`readme_section` from settings already read by :func:`load_settings`."""
     parts = [f"<!-- {README_MARKER} -->"]
-    timing = root / "benchmarks/results/vmap_seeds.json"
-    if timing.exists():
-        t = json.loads(timing.read_text())
-        m = t["machine"]
-        parts.append(
-            f"Seeds vmapped: `{t['command'].strip()}` trained {len(t['seeds'])} seeds of "
-            f"{t['task']} ({t['config']['model']} ViT, {t['config']['num_epochs']} epochs) in "
-            f"{t['vmapped_s']:.0f} s as one vmapped program against {t['sequential_s']:.0f} s "
-            f"one after another, a speed-up of {t['speedup']:.2f}x on {m['cpu']} "
-            f"({m['cores']} cores, {m['device']}), with the same predictions for "
-            f"{t['same_predictions']} seeds. Both times include compiling, once for the "
-            "vmapped program and once per sequential run, which dominates so short a run; "
-            "on a CPU the training itself is compute-bound, so for long runs expect less "
-            "(the per-run times of the vmapped protocol runs below include it)."
-        )
     if not settings:
         parts.append("No protocol run has been committed yet.")
     all_results = [results for _, results in settings]

@@ -15,6 +15,7 @@ stop when asked; a :class:`Runs` says how one run or a vmapped group does each.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -129,8 +130,9 @@ def run_epoch(
     *,
     steps_per_epoch: int,
     last_saved: int,
-) -> None:
-    """One epoch of training.
+) -> float:
+    """One epoch of training; returns its seconds, from the first batch to the last
+    step's completed metrics (evaluation and checkpoints not included).
 
     Args:
       config: the run's settings (batch size, logging and conflict intervals, bar).
@@ -173,6 +175,7 @@ def run_epoch(
         pending.clear()
 
     done = CompletedSteps(bar)
+    start = time.perf_counter()
     with bar:
         if seeds > 1:
             bar.set_description(f"{seeds} seeds, epoch {epoch}/{config.num_epochs}")
@@ -191,6 +194,7 @@ def run_epoch(
                 flush()
         done.finish()
         flush()
+    return time.perf_counter() - start
 
 
 def log_evaluation(logs: Sequence[MetricsLog], epoch: int, evals: Sequence[dict[str, Any]]):
@@ -270,14 +274,19 @@ def train_epochs(
 
     Returns:
       The last evaluation of each run (of the restored state, for a run resumed
-      after its last epoch) and the number of epochs done.
+      after its last epoch), with ``epoch_train_s``: the training seconds of each
+      epoch this call ran (:func:`run_epoch`; all seeds of the program together,
+      the first epoch's including the compilation), and the number of epochs done.
     """
     first_epoch = (last_saved or 0) + 1
+    train_s: list[float] = []
     saved, epochs_done = last_saved or 0, first_epoch - 1
     evals: list[dict[str, Any]] | None = None
     for epoch in range(first_epoch, config.num_epochs + 1):
-        run_epoch(
-            config, epoch, data, runs, logs, steps_per_epoch=steps_per_epoch, last_saved=saved
+        train_s.append(
+            run_epoch(
+                config, epoch, data, runs, logs, steps_per_epoch=steps_per_epoch, last_saved=saved
+            )
         )
         evals = runs.evaluate()
         log_evaluation(logs, epoch, evals)
@@ -290,4 +299,4 @@ def train_epochs(
             break
     if evals is None:  # resumed after the last epoch: evaluate what was restored
         evals = runs.evaluate()
-    return evals, epochs_done
+    return [{**e, "epoch_train_s": train_s} for e in evals], epochs_done

@@ -36,8 +36,10 @@ def test_gpu_script_runs_every_benchmark_at_quick_size(tmp_path):
         entry = result["configs"]["bert-tiny"]
         assert entry["spec"]["dtype"] == dtype and set(entry["variants"]) == {"adamw", "dsgd"}
         assert len(entry["times_s"]["dsgd"]) == 2
-    seeds = json.loads((out / "vmap_seeds.json").read_text())
-    assert seeds["seeds"] == [42, 52] and seeds["same_predictions"] == "2/2"
+    for name in ("vmap_seeds.json", "vmap_seeds-bert.json"):
+        seeds = json.loads((out / name).read_text())
+        assert seeds["seeds"] == [42, 52] and seeds["same_predictions"] == "2/2"
+        assert seeds["config"]["num_epochs"] == 2 and seeds["steady_epoch_s_vmapped"] > 0
     for example in ("bert", "vit"):
         runs = json.loads((out / f"{example}_default.json").read_text())["runs"]
         assert set(runs) == {"fft", "dsgd"} and all(r["finished"] for r in runs.values())
