@@ -147,7 +147,12 @@ def _seeds_paragraph(t: dict[str, Any]) -> str:
     """One committed ``benchmarks/vmap_seeds.py`` run: in total, and per epoch after the
     first where the file has it."""
     c, m = t["config"], t["machine"]
-    model = f"{c['model']} ViT" if "image_size" in c else f"{c['model']} BERT"
+    if "image_size" in c:
+        model = f"{c['model']} ViT"
+    elif c["model"] == "pretrained":  # --checkpoint, or the bundled MiniLM-L6
+        model = f"pretrained {Path(c['checkpoint']).name or 'MiniLM-L6'}"
+    else:
+        model = f"{c['model']} BERT"
     text = (
         f"Seeds: `{t['command'].strip()}` trained {len(t['seeds'])} seeds of {t['task']} "
         f"({model}, {c['num_epochs']} epochs) in {t['vmapped_s']:.0f} s as one vmapped "
