@@ -193,6 +193,27 @@ def scaled_mean(
         Array(0.9125, dtype=float32)
         >>> dsgd_jax.scaled_mean(losses, correct, 0.5, where=jnp.array([1, 1, 0, 0], bool))
         Array(0.8, dtype=float32)
+
+        Several tasks in one batch, one head per task (the paper's Appendix F): take
+        each example's loss and correct flag under its own task's head, then reduce
+        the whole batch at once, so that n counts the examples of every task:
+
+        >>> import optax
+        >>> task = jnp.array([0, 0, 1, 1, 1])  # the head of each example
+        >>> labels = jnp.array([0, 2, 1, 0, 1])  # in that head's classes
+        >>> logits_a = jnp.array([[2., 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+        >>> logits_b = jnp.array([[0., 0], [0, 0], [0, 1], [2, 0], [1, 0]])
+        >>> ce = optax.losses.softmax_cross_entropy_with_integer_labels
+        >>> def head_terms(logits, own):  # loss and flag on the rows this head owns
+        ...     y = jnp.where(own, labels, 0)  # other tasks' labels may not fit the head
+        ...     return jnp.where(own, ce(logits, y), 0.0), dsgd_jax.argmax_correct(logits, y) & own
+        >>> (loss_a, correct_a), (loss_b, correct_b) = (
+        ...     head_terms(logits_a, task == 0), head_terms(logits_b, task == 1))
+        >>> correct_a | correct_b
+        Array([ True, False,  True,  True, False], dtype=bool)
+        >>> value = dsgd_jax.scaled_mean(loss_a + loss_b, correct_a | correct_b, 0.5)
+        >>> round(float(value), 4)  # (0.5 * (0.2395 + 0.3133 + 0.1269) + 1.5514 + 1.3133) / 5
+        0.6409
     """
     return _masked_mean_parts(per_example_loss, correct, scale, where, axis_name)[0]
 
