@@ -119,12 +119,16 @@ class TaskData(ClassificationTask):
       test: the split evaluated after each epoch.
       class_names: one name per class; ``len(class_names)`` is the number of classes.
       meta: free-form facts about the data the model may need (``vocab_size``...).
+      heads: for several tasks on one model, one
+        :class:`~dsgd_jax.examples.multitask.Head` per task (its classes' label slots;
+        see :func:`~dsgd_jax.examples.multitask.join_tasks`); empty for one task.
     """
 
     train: ArraySplit
     test: ArraySplit
     class_names: Sequence[str]
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    heads: tuple[Any, ...] = ()
 
     def __post_init__(self):
         self._check_classes()
@@ -132,6 +136,11 @@ class TaskData(ClassificationTask):
             raise ValueError(
                 f"train inputs {sorted(self.train.inputs)} and test inputs "
                 f"{sorted(self.test.inputs)} must have the same names."
+            )
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if self.heads and "task" not in self.train.inputs:
+            raise ValueError(
+                "a multi-task TaskData needs a 'task' input: build it with join_tasks()."
             )
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsgd_jax.examples import interrupt
+from dsgd_jax.examples import interrupt, multitask
 from dsgd_jax.examples.data import TaskData, batches
 from dsgd_jax.examples.metrics import MetricsLog, classification_metrics, mean_pairwise_cosine
 
@@ -137,7 +137,9 @@ def run_epoch(
     Args:
       config: the run's settings (batch size, logging and conflict intervals, bar).
       epoch: the epoch, from 1.
-      data: the task; its train split is batched in each seed's :func:`data_order`.
+      data: the task; its train split is batched in each seed's :func:`data_order` (for
+        several tasks, :func:`~dsgd_jax.examples.multitask.train_order` with
+        ``config.task_mixing``).
       runs: the run or vmapped seeds (:class:`Runs`): ``train(inputs, labels, valid,
         key)`` takes one optimizer step and updates their state, ``conflict`` measures
         :func:`dsgd_jax.gradient_conflict` without updating, ``dropout_key(step)`` is
@@ -148,10 +150,12 @@ def run_epoch(
     """
     run_seeds = runs.seeds
     seeds = len(run_seeds)
-    iters = [
-        batches(data.train, config.batch_size, order=data_order(s, epoch, len(data.train)))
-        for s in run_seeds
-    ]
+    if data.heads:
+        mixing = getattr(config, "task_mixing", "proportional")
+        orders = [multitask.train_order(data, s, epoch, mixing) for s in run_seeds]
+    else:
+        orders = [data_order(s, epoch, len(data.train)) for s in run_seeds]
+    iters = [batches(data.train, config.batch_size, order=order) for order in orders]
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     bar = progress_bar(config, steps_per_epoch, epoch, show=runs.show)
 
@@ -244,8 +248,17 @@ def test_outputs(predict: Callable[[Any], dict[str, Any]], data: TaskData, confi
 def evaluation(outputs: dict[str, np.ndarray], data: TaskData, config) -> dict[str, Any]:
     """Test metrics of one run's test outputs (see :func:`test_outputs`), with the
     predictions themselves and, where the model gives features, their
-    :func:`~dsgd_jax.examples.metrics.mean_pairwise_cosine`."""
+    :func:`~dsgd_jax.examples.metrics.mean_pairwise_cosine`.
+
+    For several tasks (``data.heads``) each task is evaluated on its own test examples,
+    under ``"tasks"``; ``accuracy``, ``macro_f1`` and ``representation_cosine`` are the
+    tasks' means (the paper's Table 6 averages its tasks), ``collapsed``, ``failed``
+    and ``mostly_one_class`` hold if they hold for any task, and ``per_class_recall``
+    names each class ``"task/class"``.
+    """
     predictions = outputs["predictions"]
+    if data.heads:
+        return _multitask_evaluation(outputs, data, config)
     metrics = classification_metrics(
         data.test.labels,
         predictions,
@@ -256,6 +269,40 @@ def evaluation(outputs: dict[str, np.ndarray], data: TaskData, config) -> dict[s
         metrics["representation_cosine"] = mean_pairwise_cosine(outputs["features"])
     metrics["predictions"] = predictions.tolist()
     return metrics
+
+
+def _multitask_evaluation(outputs, data: TaskData, config) -> dict[str, Any]:
+    def metrics_fn(labels, predictions, class_names):
+        return classification_metrics(
+            labels, predictions, class_names, one_class_share=config.one_class_share
+        )
+
+    predictions = outputs["predictions"]
+    tasks, task_of = multitask.per_task_metrics(predictions, data, metrics_fn)
+    if "features" in outputs:
+        for t, metrics in enumerate(tasks.values()):
+            metrics["representation_cosine"] = mean_pairwise_cosine(
+                outputs["features"][task_of == t]
+            )
+    per_task = list(tasks.values())
+    summary: dict[str, Any] = {
+        "accuracy": float(np.mean([m["accuracy"] for m in per_task])),
+        "macro_f1": float(np.mean([m["macro_f1"] for m in per_task])),
+        "per_class_recall": {
+            f"{name}/{c}": r for name, m in tasks.items() for c, r in m["per_class_recall"].items()
+        },
+        **{flag: any(m[flag] for m in per_task) for flag in FLAGS},
+    }
+    if "features" in outputs:
+        summary["representation_cosine"] = float(
+            np.mean([m["representation_cosine"] for m in per_task])
+        )
+    summary["tasks"] = tasks
+    summary["predictions"] = predictions.tolist()
+    return summary
+
+
+FLAGS = ("collapsed", "failed", "mostly_one_class")
 
 
 def train_epochs(

@@ -139,29 +139,45 @@ def mean_pairwise_cosine(features: np.ndarray) -> float:
     return float((total @ total - (units * units).sum()) / (n * (n - 1)))
 
 
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """The final summary of a run as a few human-readable lines."""
-    recall = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_recall"].items())
-    if summary.get("collapsed"):
-        failure = f"collapsed: predicts {summary['top_class']!r} for every input"
-    elif summary.get("failed"):
-        failure = (
-            f"failed: accuracy at or below the majority rate {summary['majority_rate']:.4f} "
-            f"({100 * summary['top_share']:.0f}% of inputs predicted {summary['top_class']!r})"
+def _failure(metrics: Mapping[str, Any]) -> str:
+    if metrics.get("collapsed"):
+        return f"collapsed: predicts {metrics['top_class']!r} for every input"
+    if metrics.get("failed"):
+        return (
+            f"failed: accuracy at or below the majority rate {metrics['majority_rate']:.4f} "
+            f"({100 * metrics['top_share']:.0f}% of inputs predicted {metrics['top_class']!r})"
         )
-    else:
-        failure = "no"
-    return "\n".join(
-        [
-            f"method {summary['method']}, task {summary['task']}, seed {summary['seed']}, "
-            f"{summary['epochs']} epochs, {summary['num_params']:,} parameters",
-            f"  accuracy          {summary['accuracy']:.4f}",
-            f"  macro-F1          {summary['macro_f1']:.4f}",
-            f"  per-class recall  {recall}",
-            f"  failed/collapsed  {failure}",
-            f"  wall time         {summary['wall_time_s']:.1f} s",
+    return "no"
+
+
+def _metric_lines(metrics: Mapping[str, Any], indent: str) -> list[str]:
+    recall = ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_class_recall"].items())
+    return [
+        f"{indent}accuracy          {metrics['accuracy']:.4f}",
+        f"{indent}macro-F1          {metrics['macro_f1']:.4f}",
+        f"{indent}per-class recall  {recall}",
+        f"{indent}failed/collapsed  {_failure(metrics)}",
+    ]
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The final summary of a run as a few human-readable lines (for several tasks:
+    each task's, then their average accuracy and macro-F1)."""
+    lines = [
+        f"method {summary['method']}, task {summary['task']}, seed {summary['seed']}, "
+        f"{summary['epochs']} epochs, {summary['num_params']:,} parameters",
+    ]
+    if "tasks" in summary:
+        for name, metrics in summary["tasks"].items():
+            lines += [f"  {name}", *_metric_lines(metrics, "    ")]
+        lines += [
+            f"  average accuracy  {summary['accuracy']:.4f}",
+            f"  average macro-F1  {summary['macro_f1']:.4f}",
         ]
-    )
+    else:
+        lines += _metric_lines(summary, "  ")
+    lines.append(f"  wall time         {summary['wall_time_s']:.1f} s")
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:

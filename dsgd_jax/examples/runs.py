@@ -32,6 +32,7 @@ from flax import nnx
 from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples import distributed, loop
 from dsgd_jax.examples.loop import evaluation, test_outputs
+from dsgd_jax.examples.multitask import TaskHeads
 from dsgd_jax.examples.nn import num_params
 from dsgd_jax.examples.steps import make_optimizer, make_steps, prepare_model
 from dsgd_jax.examples.workdir import check_workdir, start_log
@@ -84,6 +85,8 @@ def build_run(config: TrainConfig, data: TaskData) -> Run:
     """The model (with the method's one-off change) and optimizer of ``config.seed``."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     model = config.build_model(data, nnx.Rngs(params=init_key, dropout=init_key))
+    if data.heads and not isinstance(model, TaskHeads):  # several tasks: a head each
+        model = TaskHeads(model, data.heads)
     wrt = prepare_model(config, model, jax.random.fold_in(init_key, 1))
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total_updates = steps_per_epoch * config.num_epochs // config.grad_accum_steps

@@ -26,11 +26,14 @@ from dsgd_jax.examples.stability_stats import (
     method_stats,
     run_failures,
     runs_by_label,
+    task_names,
+    task_view,
     trace_stats,
 )
 
 __all__ = [
     "markdown_table",
+    "multitask_table",
     "plot_conflict_trace",
     "plot_epoch_curves",
     "plot_representation",
@@ -94,6 +97,36 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
         accuracy = f"{_percent(row['accuracy_mean'])} ± {_percent(row['accuracy_std'])}"
         rows.append([row["method"], str(row["subsets"]), accuracy] + [_DASH] * 8)
     return markdown.table((*columns, *flags), rows, "l" + "r" * 10)
+
+
+def multitask_table(results: Mapping[str, Any]) -> str:
+    """The paper's Table 6 of a multi-task protocol run, in markdown.
+
+    One row per method label: per task, its test accuracy as mean ± std over seeds
+    and its failed runs (at or below the task's majority-class rate, from the saved
+    predictions; :func:`~dsgd_jax.examples.stability_stats.task_view`), then the
+    average over tasks of each seed's accuracy, as mean ± std over seeds.
+    """
+    tasks = task_names(results)
+    stats = {task: method_stats(task_view(results, task)) for task in tasks}
+    columns = ["method", "seeds"]
+    for task in tasks:
+        columns += [f"{task} accuracy (%)", f"{task} failed"]
+    columns.append("average (%)")
+    rows = []
+    for label, runs in runs_by_label(results).items():
+        n = len(runs)
+        cells = [label, str(n)]
+        for task in tasks:
+            s = stats[task][label]
+            cells += [f"{_percent(s['accuracy_mean'])} ± {_percent(s['accuracy_std'])}"]
+            cells += [f"{s['failed']}/{n}"]
+        average = np.array(
+            [np.mean([r["tasks"][t]["accuracy"] for t in tasks]) for r in runs], dtype=float
+        )
+        cells.append(f"{_percent(average.mean())} ± {_percent(average.std())}")
+        rows.append(cells)
+    return markdown.table(columns, rows, "lr" + "rr" * len(tasks) + "r")
 
 
 def seed_table(results: Mapping[str, Any]) -> str:
@@ -393,18 +426,50 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
 
     Returns:
       The written paths by name: ``table``, ``seed_accuracy``, ``epoch_curves``,
-      ``conflict_trace``, ``representation``.
+      ``conflict_trace``, ``representation``. For a multi-task run (results with
+      ``heads``) ``table.md`` starts with :func:`multitask_table` and holds each
+      task's tables under its heading, and the plots are per task
+      (``seed_accuracy-<task>``...), but for the conflict trace of the whole batches.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "table.md"
+    tasks = task_names(results)
+    if tasks:
+        return _write_multitask_report(results, tasks, out_dir, table)
     table.write_text(markdown_table(results) + "\nPer seed:\n\n" + seed_table(results))
     paths = {"table": table}
-    paths["seed_accuracy"] = plot_seed_accuracy(results, out_dir / "seed_accuracy.png")
-    if any(_epoch_series(runs) is not None for runs in runs_by_label(results).values()):
-        paths["epoch_curves"] = plot_epoch_curves(results, out_dir / "epoch_curves.png")
+    paths.update(_task_plots(results, out_dir, ""))
     if any(r.get("conflict_trace") for r in results["runs"]):
         paths["conflict_trace"] = plot_conflict_trace(results, out_dir / "conflict_trace.png")
+    return paths
+
+
+def _task_plots(results: Mapping[str, Any], out_dir: Path, suffix: str) -> dict[str, Path]:
+    """The plots of one task's results, their file names ending in ``suffix``."""
+    paths = {}
+    name = f"seed_accuracy{suffix}"
+    paths[name] = plot_seed_accuracy(results, out_dir / f"{name}.png")
+    if any(_epoch_series(runs) is not None for runs in runs_by_label(results).values()):
+        name = f"epoch_curves{suffix}"
+        paths[name] = plot_epoch_curves(results, out_dir / f"{name}.png")
     if any(r.get("representation_cosine") is not None for r in results["runs"]):
-        paths["representation"] = plot_representation(results, out_dir / "representation.png")
+        name = f"representation{suffix}"
+        paths[name] = plot_representation(results, out_dir / f"{name}.png")
+    return paths
+
+
+def _write_multitask_report(results, tasks, out_dir: Path, table: Path) -> dict[str, Path]:
+    """A multi-task run: :func:`multitask_table`, then each task's own tables and plots
+    (``seed_accuracy-<task>.png``...), and the conflict trace of the whole batches."""
+    parts = [multitask_table(results)]
+    paths: dict[str, Path] = {"table": table}
+    for task in tasks:
+        view = task_view(results, task)
+        parts.append(f"\n### {task}\n\n{markdown_table(view)}\nPer seed:\n\n{seed_table(view)}")
+        slug = task.replace("/", "_")
+        paths.update(_task_plots(view, out_dir, f"-{slug}"))
+    table.write_text("".join(parts))
+    if any(r.get("conflict_trace") for r in results["runs"]):
+        paths["conflict_trace"] = plot_conflict_trace(results, out_dir / "conflict_trace.png")
     return paths

@@ -10,6 +10,7 @@ mix settings in one file; :func:`read_results_file` moves a damaged file aside.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -73,7 +74,10 @@ EPOCH_KEYS = (
     "failed",
     "top_share",
     "representation_cosine",
+    "tasks",
 )
+# What results.json keeps of each task's evaluation in a multi-task run.
+TASK_KEYS = ("accuracy", "macro_f1", "collapsed", "failed", "top_share", "representation_cosine")
 TRACE_KEYS = ("step", "cosine", "wrong_norm", "correct_norm", "total_norm", "fraction_correct")
 
 
@@ -109,6 +113,12 @@ def collect_results(
                 continue
             records = MetricsLog(workdir / "metrics.jsonl").read()
             summary.pop("confusion", None)
+            for record in (summary, *records):  # a multi-task run's tasks: their numbers
+                if "tasks" in record:
+                    record["tasks"] = {
+                        name: {k: m[k] for k in TASK_KEYS if k in m}
+                        for name, m in record["tasks"].items()
+                    }
             runs.append(
                 {
                     "label": spec.label,
@@ -124,9 +134,11 @@ def collect_results(
                     ],
                 }
             )
+    heads = [dataclasses.asdict(h) for h in data.heads]
     return {
         "example": example,
         "task": config.task_name,
+        **({"heads": heads} if heads else {}),
         "command": command,
         "machine": machine,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -21,6 +21,7 @@ from flax import nnx
 import dsgd_jax
 from dsgd_jax.examples import methods, optimizers
 from dsgd_jax.examples.methods.base import per_example_ce
+from dsgd_jax.examples.multitask import task_kwargs
 
 if TYPE_CHECKING:
     from dsgd_jax.examples.train import TrainConfig
@@ -127,7 +128,7 @@ def make_steps(config: TrainConfig, total_updates: int, wrt=nnx.Param) -> Steps:
             return {"predictions": jnp.argmax(model(inputs), axis=-1)}
         features = model.features(inputs)
         return {
-            "predictions": jnp.argmax(model.classify(features), axis=-1),
+            "predictions": jnp.argmax(model.classify(features, **task_kwargs(model, inputs)), -1),
             "features": features.astype(jnp.float32),
         }
 

@@ -42,6 +42,7 @@ from dsgd_jax.examples import distributed, files, methods
 from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.fields import choices_of, config_field
 from dsgd_jax.examples.methods.dsgd import SCALERS
+from dsgd_jax.examples.multitask import MIXINGS
 from dsgd_jax.examples.runs import train_runs
 
 __all__ = [
@@ -86,6 +87,11 @@ class LoopConfig:
         10, "steps between writes of the per-step metrics (and of the bar's loss readout)"
     )
     conflict_every: int = config_field(0, "log cos(g_W, g_C) every N steps; 0 = never")
+    task_mixing: Literal[MIXINGS] = config_field(
+        "proportional",
+        "several tasks: proportional (one shuffle of all their examples) or round_robin "
+        "(one example of each task in turn)",
+    )
     one_class_share: float = config_field(
         0.95, "share of predictions in one class that flags a run as mostly one class"
     )

@@ -68,7 +68,11 @@ def _assert_same_run(a: Path, b: Path):
 
 
 @pytest.mark.parametrize("method", ["dsgd", "fft"])
-@pytest.mark.parametrize("base", [BERT, VIT], ids=["bert", "vit"])
+@pytest.mark.parametrize(
+    "base",
+    [BERT, VIT, dataclasses.replace(BERT, task="synthetic+synthetic3")],
+    ids=["bert", "vit", "bert-two-tasks"],
+)
 def test_eight_devices_equal_one(tmp_path, base, method):
     config = dataclasses.replace(base, method=method)
     one = train_and_evaluate(dataclasses.replace(config, mesh="data:1"), tmp_path / "one")

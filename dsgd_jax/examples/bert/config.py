@@ -28,6 +28,7 @@ from typing import Literal
 import jax.numpy as jnp
 from flax import nnx
 
+from dsgd_jax.examples import multitask
 from dsgd_jax.examples.bert import data as text_data
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.bert import mpnet, tokenization
@@ -43,6 +44,7 @@ TASKS = (
     "tweets3",
     "csv",
     "synthetic",
+    "synthetic3",
     "glue/rte",
     "glue/mrpc",
     "glue/cola",
@@ -61,7 +63,11 @@ class BertExampleConfig(TrainConfig):
 
     learning_rate: float = override_default(TrainConfig, "learning_rate", 1e-4)
     num_epochs: int = override_default(TrainConfig, "num_epochs", 5)
-    task: Literal[TASKS] = config_field("drugs", "the classification task")
+    task: str = config_field(
+        "drugs",
+        "the classification task (" + ", ".join(TASKS) + "), or several joined by '+' "
+        "(drugs+tweets3): one encoder, a head per task",
+    )
     model: Literal[MODELS] = config_field(
         "pretrained",
         "'pretrained' loads --checkpoint; a preset starts from random weights (its tokenizer "
@@ -110,21 +116,37 @@ class BertExampleConfig(TrainConfig):
                 f"classifier_dropout={self.classifier_dropout} is not a dropout rate; pass a "
                 "value in [0, 1), e.g. 0.1."
             )
-        if self.task == "csv" and not (self.csv_train and self.csv_test):
+        names = self.task_names()
+        unknown = [t for t in names if t not in TASKS]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(
+                f"task={self.task!r}: give one of {TASKS}, or distinct ones joined by '+' "
+                "(e.g. drugs+tweets3)."
+            )
+        if "csv" in names and not (self.csv_train and self.csv_test):
             raise ValueError("task=csv needs --csv_train=<file> and --csv_test=<file>.")
 
-    def text_task(self) -> TextTask:
-        if self.task == "drugs":
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks of ``--task``: one, or the ``+``-joined ones of a multi-task run."""
+        return tuple(self.task.split("+"))
+
+    def text_task(self, task: str | None = None) -> TextTask:
+        """The raw text of ``task`` (one of :meth:`task_names`; default: the only one)."""
+        if task is None:
+            if len(self.task_names()) != 1:
+                raise ValueError(f"task={self.task!r} has several tasks: name the one to load.")
+            (task,) = self.task_names()
+        if task == "drugs":
             return text_data.load_drugs()
-        if self.task in ("tweets2", "tweets3"):
+        if task in ("tweets2", "tweets3"):
             return text_data.load_tweets(
-                num_classes=int(self.task[-1]),
+                num_classes=int(task[-1]),
                 train_size=self.tweets_size,
                 test_size=self.tweets_test_size,
                 imbalance=self.tweets_imbalance,
                 subset_seed=self.tweets_subset_seed,
             )
-        if self.task == "csv":
+        if task == "csv":
             return text_data.load_csv(
                 self.csv_train,
                 self.csv_test,
@@ -132,9 +154,11 @@ class BertExampleConfig(TrainConfig):
                 text_pair_column=self.text_pair_column or None,
                 label_column=self.label_column,
             )
-        if self.task == "synthetic":
+        if task == "synthetic":
             return text_data.synthetic_task(num_train=self.synthetic_size, seed=0)
-        return text_data.load_tfds(self.task, data_dir=self.tfds_data_dir or None)
+        if task == "synthetic3":
+            return text_data.synthetic_task(num_train=self.synthetic_size, num_classes=3, seed=1)
+        return text_data.load_tfds(task, data_dir=self.tfds_data_dir or None)
 
     def load_data(self) -> TaskData:
         config = self.model_config()
@@ -151,7 +175,16 @@ class BertExampleConfig(TrainConfig):
                 f"embeddings; pass --max_length={positions} or less."
             )
         tokenizer = tokenization.load_tokenizer(self.checkpoint_folder() / "tokenizer.json")
-        return tokenization.tokenize_task(self.text_task(), tokenizer, max_length=self.max_length)
+        tasks = {
+            name: tokenization.tokenize_task(
+                self.text_task(name), tokenizer, max_length=self.max_length
+            )
+            for name in self.task_names()
+        }
+        if len(tasks) == 1:
+            return next(iter(tasks.values()))
+        pad = {"input_ids": tokenization.pad_id(tokenizer)}
+        return multitask.join_tasks(tasks, pad_values=pad)
 
     def build_model(self, data: TaskData, rngs: nnx.Rngs) -> nnx.Module:
         dtype = DTYPES[self.dtype]

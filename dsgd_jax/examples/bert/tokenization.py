@@ -16,7 +16,7 @@ from dsgd_jax.examples.bert.data import bundled_checkpoint
 from dsgd_jax.examples.bert.tasks import TextTask
 from dsgd_jax.examples.data import ArraySplit, TaskData
 
-__all__ = ["load_tokenizer", "tokenize_task"]
+__all__ = ["load_tokenizer", "pad_id", "tokenize_task"]
 
 
 def load_tokenizer(path=None):
@@ -36,7 +36,7 @@ def load_tokenizer(path=None):
     return Tokenizer.from_file(str(file))
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     """The tokenizer's padding id, else the id of ``<pad>`` (RoBERTa, MPNet: 1; their
     vocabularies may hold a ``[PAD]`` too), else of ``[PAD]`` (BERT: 0), else 0."""
     if tokenizer.padding and "pad_id" in tokenizer.padding:
@@ -63,7 +63,7 @@ def tokenize_task(
     if pad_to_multiple_of < 1:
         raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}.")
     original = tokenizer
-    pad_id = _pad_id(original)
+    padding = pad_id(original)
     tokenizer = type(original).from_str(original.to_str())
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, strategy="longest_first")
@@ -75,7 +75,7 @@ def tokenize_task(
         longest = max(len(e.ids) for e in encodings)
         length = min(max_length, math.ceil(longest / pad_to_multiple_of) * pad_to_multiple_of)
         arrays = {
-            "input_ids": np.full((len(split), length), pad_id, dtype=np.int32),
+            "input_ids": np.full((len(split), length), padding, dtype=np.int32),
             "token_type_ids": np.zeros((len(split), length), dtype=np.int32),
             "attention_mask": np.zeros((len(split), length), dtype=np.int32),
         }

@@ -12,6 +12,7 @@ from flax import nnx
 
 from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method, needs_head_split
+from dsgd_jax.examples.multitask import task_kwargs
 
 __all__ = ["LNSR", "LNSRConfig", "lnsr_penalty"]
 
@@ -106,7 +107,8 @@ class LNSR(Method):
         head_key, noise_key = jax.random.split(jax.random.fold_in(key, 1))
 
         def head(f, noise):  # the same dropout mask for the clean and the noisy passes
-            return model.classify(f, rngs=nnx.Rngs(dropout=head_key), noise=noise)
+            rngs = nnx.Rngs(dropout=head_key)
+            return model.classify(f, rngs=rngs, noise=noise, **task_kwargs(model, inputs))
 
         value, aux = loss(head(features, (None, None)), labels, scale=scale, where=valid)
         penalty = lnsr_penalty(

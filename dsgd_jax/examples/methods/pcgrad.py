@@ -1,18 +1,33 @@
 """PCGrad (Yu et al. 2020) with the wrong and the correct examples as its two tasks:
-:func:`pcgrad_combine`, :func:`pcgrad_value_and_grad`, and the method ``pcgrad``."""
+:func:`pcgrad_combine`, :func:`pcgrad_value_and_grad`, and the method ``pcgrad``;
+for a multi-task run (:mod:`dsgd_jax.examples.multitask`), ``--pcgrad_groups=tasks``
+takes the tasks as its groups instead, the form PCGrad was built for
+(:func:`pcgrad_combine_many`, :func:`pcgrad_groups_value_and_grad`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.methods.base import Method, per_example_ce
 
-__all__ = ["PCGrad", "pcgrad_combine", "pcgrad_value_and_grad"]
+__all__ = [
+    "PCGRAD_GROUPS",
+    "PCGrad",
+    "PCGradConfig",
+    "pcgrad_combine",
+    "pcgrad_combine_many",
+    "pcgrad_groups_value_and_grad",
+    "pcgrad_value_and_grad",
+]
+
+PCGRAD_GROUPS = ("correctness", "tasks")
 
 
 def _tree_dot(a: Any, b: Any) -> jax.Array:
@@ -62,6 +77,79 @@ def pcgrad_combine(g_wrong: Any, g_correct: Any) -> Any:
         return out.astype(w.dtype)
 
     return jax.tree.map(combine, g_wrong, g_correct)
+
+
+def pcgrad_combine_many(grads: Sequence[Any]) -> Any:
+    """PCGrad over K group gradients: each ``g_i`` projected, in turn for ``j = 0 ... K-1``
+    (``j != i``), onto the normal plane of the original ``g_j`` whenever the projected
+    ``g_i`` conflicts with it (``dot < 0``); the projected gradients are summed.
+
+    Yu et al. (2020) visit the other groups in a random order each step; this visits
+    them in index order, so a step is deterministic. For K = 2 it is
+    :func:`pcgrad_combine`. Dot products are global over the leaves, in float32; a zero
+    group gradient never conflicts.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> out = pcgrad_combine_many([jnp.array([1.0, 0.0]), jnp.array([-1.0, 1.0])])
+      >>> out.tolist()  # [1, 0] -> [0.5, 0.5]; [-1, 1] -> [0, 1]
+      [0.5, 1.5]
+    """
+    grads = list(grads)
+    if len(grads) < 2:
+        raise ValueError(f"pcgrad_combine_many needs at least 2 group gradients, got {len(grads)}.")
+    structure = jax.tree.structure(grads[0])
+    if any(jax.tree.structure(g) != structure for g in grads):
+        raise ValueError("pcgrad_combine_many: the group gradients must share one structure.")
+    as32 = [jax.tree.map(lambda x: x.astype(jnp.float32), g) for g in grads]
+    squares = [_tree_dot(g, g) for g in as32]
+    total = jax.tree.map(jnp.zeros_like, as32[0])
+    for i, g_i in enumerate(as32):
+        projected = g_i
+        for j, g_j in enumerate(as32):
+            if j == i:
+                continue
+            dot = _tree_dot(projected, g_j)
+            c = jnp.where(dot < 0, _safe_div(dot, squares[j]), 0.0)
+            projected = jax.tree.map(lambda p, o, c=c: p - c * o, projected, g_j)
+        total = jax.tree.map(jnp.add, total, projected)
+    return jax.tree.map(lambda t, g: t.astype(g.dtype), total, grads[0])
+
+
+def pcgrad_groups_value_and_grad(
+    per_example_fn: Callable[[Any], tuple[jax.Array, jax.Array]],
+    params: Any,
+    groups: jax.Array,
+    num_groups: int,
+    *,
+    where: jax.Array | None = None,
+) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+    """Mean loss and its PCGrad gradient over ``num_groups`` groups of examples (tasks).
+
+    Like :func:`pcgrad_value_and_grad`, one forward pass and one backward pass per
+    group, with cotangent ``mask_k / n`` for group ``k`` (``groups == k`` among the
+    valid examples, ``n`` of them); :func:`pcgrad_combine_many` resolves the conflicts.
+
+    Returns:
+      ``(loss, grads, aux)`` with ``aux = dict(fraction_correct=...)``.
+    """
+    (losses, correct), vjp_fn = _vjp_with_aux(per_example_fn, params)
+    valid = jnp.ones(losses.shape, jnp.bool_) if where is None else jnp.asarray(where, jnp.bool_)
+    groups = jnp.asarray(groups)
+    if groups.shape != losses.shape or valid.shape != losses.shape:
+        raise ValueError(
+            f"pcgrad_groups_value_and_grad: groups {groups.shape} and where {valid.shape} must "
+            f"have the losses' shape {losses.shape}"
+        )
+    n = jnp.maximum(jnp.sum(valid, dtype=jnp.int32), 1).astype(jnp.float32)
+    loss = jnp.sum(jnp.where(valid, losses.astype(jnp.float32), 0.0)) / n
+    grads = [
+        vjp_fn(((valid & (groups == k)).astype(losses.dtype) / n).astype(losses.dtype))[0]
+        for k in range(num_groups)
+    ]
+    correct = valid & jnp.asarray(correct, jnp.bool_)
+    fraction = jnp.sum(correct, dtype=jnp.int32).astype(jnp.float32) / n
+    return loss, pcgrad_combine_many(grads), {"fraction_correct": fraction}
 
 
 def pcgrad_value_and_grad(
@@ -122,10 +210,23 @@ def _vjp_with_aux(per_example_fn, params):
     return (primal, correct), vjp_fn
 
 
+@dataclasses.dataclass
+class PCGradConfig:
+    """PCGrad's settings. Fields (and flags) of every example's config."""
+
+    pcgrad_groups: Literal[PCGRAD_GROUPS] = config_field(
+        "correctness",
+        "pcgrad: its groups, the wrong and the correct examples (correctness, the paper's) "
+        "or, with several tasks, the tasks",
+    )
+
+
 class PCGrad(Method):
-    """One forward pass, the wrong and the correct examples' gradients projected."""
+    """One forward pass, the groups' gradients (wrong and correct examples, or the tasks
+    of a multi-task run) projected."""
 
     name = "pcgrad"
+    config = PCGradConfig
 
     def value_and_grad(self, config, model_loss, model, wrt, inputs, labels, valid, key, scale):
         graphdef, params, rest = nnx.split(model, wrt, ...)
@@ -133,5 +234,16 @@ class PCGrad(Method):
         def per_example(params):
             return per_example_ce(nnx.merge(graphdef, params, rest), inputs, labels, key)
 
+        if config.pcgrad_groups == "tasks":
+            heads = getattr(model, "heads", ())
+            if len(heads) < 2:
+                raise ValueError(
+                    "pcgrad_groups='tasks' needs several tasks (e.g. --task=drugs+tweets3); "
+                    "with one task use pcgrad_groups='correctness'."
+                )
+            value, grads, aux = pcgrad_groups_value_and_grad(
+                per_example, params, inputs["task"], len(heads), where=valid
+            )
+            return value, grads, aux["fraction_correct"]
         value, grads, aux = pcgrad_value_and_grad(per_example, params, where=valid)
         return value, grads, aux["fraction_correct"]
