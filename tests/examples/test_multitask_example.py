@@ -221,8 +221,8 @@ def test_pcgrad_with_tasks_as_groups_projects_the_tasks_gradients():
 # ------------------------------------------------------------------ the BERT example, end to end
 
 
-def _test_split():
-    data = TINY.load_data()
+def _test_split(config=TINY):
+    data = config.load_data()
     return data.test.labels, data.test.inputs["task"], data.heads
 
 
@@ -280,6 +280,27 @@ def test_multitask_seeds_vmapped_equal_sequential_runs(tmp_path, method):
         b = jax.tree.leaves(saved_tree(tmp_path / "vmap" / str(seq["seed"]), 1))
         for x, y in zip(a, b, strict=True):
             np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lnsr", "lora"])
+def test_methods_that_split_the_head_see_each_tasks_head(tmp_path, method):
+    # LNSR calls features() and classify() itself, LoRA trains the head by its name.
+    config = dataclasses.replace(TINY, method=method, num_epochs=1, synthetic_size=16)
+    summary = train_and_evaluate(config, tmp_path)
+    _, task, heads = _test_split(config)
+    predictions = np.array(summary["predictions"])
+    for t, head in enumerate(heads):
+        assert set(predictions[task == t].tolist()) <= set(head.slots)
+    if method == "lora":  # the heads (one layer, 5 outputs) and the pooler train in full
+        hidden = 32
+        assert summary["num_trainable"] > (hidden + 1) * 5 + (hidden + 1) * hidden
+        assert summary["num_trainable"] < summary["num_params"] // 100
+
+
+def test_round_robin_needs_several_tasks(tmp_path):
+    config = dataclasses.replace(TINY, task="synthetic", task_mixing="round_robin")
+    with pytest.raises(ValueError, match="task_mixing"):
+        train_and_evaluate(config, tmp_path)
 
 
 def test_pcgrad_over_tasks_needs_several_tasks(tmp_path):
