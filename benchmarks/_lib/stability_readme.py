@@ -291,15 +291,15 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
         ]
     for folder, results in settings:
         config = results["base_config"]
-        machine = results["machine"]
         rel = folder.relative_to(root).as_posix()
         parts += [
             "",
             f"### {setting_label(results)} · {config['num_epochs']} epochs",
             "",
-            _commands(results) + f" on {machine['cpu']} ({machine['cores']} cores, "
-            f"{machine['device']}; jax {machine['jax']}, flax {machine['flax']}). Per-seed "
-            f"results, plots: `{rel}/`." + _missing(results["missing"]),
+            _commands(results)
+            + _machines(results)
+            + f". Per-seed results, plots: `{rel}/`."
+            + _missing(results["missing"]),
             "",
             markdown_table(results).strip(),
             "",
@@ -311,6 +311,22 @@ def _section(settings: Sequence[tuple[Path, dict[str, Any]]], root: Path) -> str
         ]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
+
+
+def _machine(m: dict[str, Any]) -> str:
+    return f"{m['cpu']} ({m['cores']} cores, {m['device']}; jax {m['jax']}, flax {m['flax']})"
+
+
+def _machines(results: dict[str, Any]) -> str:
+    """Where the runs ran: one machine, or each machine with the methods run on it."""
+    labels: dict[str, list[str]] = {}
+    for run in results["runs"]:
+        where = labels.setdefault(_machine(run.get("machine") or results["machine"]), [])
+        if run["label"] not in where:
+            where.append(run["label"])
+    if len(labels) <= 1:
+        return f" on {next(iter(labels), _machine(results['machine']))}"
+    return ";".join(f" on {m} for {', '.join(ls)}" for m, ls in labels.items())
 
 
 def _missing(missing: Sequence[str]) -> str:
