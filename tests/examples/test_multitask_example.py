@@ -369,3 +369,19 @@ def test_cli_prints_each_tasks_numbers(tmp_path, capsys):
     assert printed == pytest.approx(want, abs=5e-5)
     average = [float(line.split()[-1]) for line in out if "average accuracy" in line]
     assert average == pytest.approx([np.mean(want)], abs=5e-5)
+
+
+def test_a_pair_task_and_a_single_sentence_task_join():
+    import tensorflow_datasets as tfds
+
+    config = dataclasses.replace(TINY, task="glue/rte+glue/cola", max_length=32)
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = config.load_data()
+    task = data.train.inputs["task"]
+    assert [h.name for h in data.heads] == ["glue/rte", "glue/cola"] and len(data.train) == 12
+    types = data.train.inputs["token_type_ids"]
+    assert types[task == 0].max() == 1 and types[task == 1].max() == 0  # RTE has 2 segments
+    mask = data.train.inputs["attention_mask"]
+    ids = data.train.inputs["input_ids"]
+    assert np.all(ids[mask == 0] == 0)  # MiniLM's [PAD] fills the shorter task's rows
+    assert set(data.train.labels[task == 1].tolist()) <= {2, 3}
