@@ -273,6 +273,10 @@ def test_readme_stability_results_come_from_the_committed_files():
     assert readme.current(summary.MARKER, summary.section(ROOT)), (
         "run python benchmarks/stability_readme.py"
     )
+    multitask = stability_readme.multitask_section(ROOT)
+    assert readme.current(stability_readme.MULTITASK_MARKER, multitask), (
+        "run python benchmarks/stability_readme.py"
+    )
     for folder in stability_readme.results_folders(ROOT):
         results = json.loads((folder / "results.json").read_text())
         # Every committed run is a real, finished run with its predictions.
@@ -286,6 +290,40 @@ def test_readme_stability_results_come_from_the_committed_files():
     assert (ROOT / stability_readme.OVERVIEW_PLOT).exists(), (
         "run python benchmarks/stability_readme.py"
     )
+
+
+def test_the_multitask_block_gives_each_tasks_numbers_from_the_predictions(tmp_path):
+    from _lib import stability_readme
+
+    assert "No multi-task protocol run" in stability_readme.multitask_section(tmp_path)
+    folder = tmp_path / "benchmarks/results/multitask/a+b"
+    folder.mkdir(parents=True)
+    heads = [{"name": "a", "class_names": ["n", "y"], "offset": 0},
+             {"name": "b", "class_names": ["x", "z"], "offset": 2}]  # fmt: skip
+    labels = [0, 1, 1, 1, 2, 3]  # a: 0 1 1 1 (majority 3 of 4), b: x z
+
+    def run(label, seed, predictions):
+        right = np.array(predictions) == np.array(labels)
+        tasks = {"a": {"accuracy": right[:4].mean()}, "b": {"accuracy": right[4:].mean()}}
+        machine = {"cpu": "cpu0", "cores": "2", "device": "cpu", "jax": "0", "flax": "0"}
+        return {"label": label, "seed": seed, "predictions": predictions, "tasks": tasks,
+                "accuracy": float(right.mean()), "macro_f1": 0.0, "wall_time_s": 1.0,
+                "machine": machine, "finished": True}  # fmt: skip
+
+    runs = [run("fft", 42, [1, 1, 1, 1, 2, 3]), run("fft", 52, [0, 1, 1, 0, 3, 3]),
+            run("dsgd", 42, [0, 1, 1, 1, 2, 2]), run("dsgd", 52, [0, 1, 1, 1, 2, 3])]  # fmt: skip
+    results = {"task": "a+b", "command": "cmd", "machine": runs[0]["machine"], "heads": heads,
+               "test_labels": labels, "class_names": ["a/n", "a/y", "b/x", "b/z"],
+               "runs": runs, "missing": [], "seeds": [42, 52],
+               "base_config": {"learning_rate": 1e-4, "num_epochs": 5}}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(results))
+    block = stability_readme.multitask_section(tmp_path)
+    rows = {line.split("|")[1].strip(): line for line in block.splitlines() if "|" in line}
+    # fft: a 75% twice (3 of 4 right, the majority count: failed); b 100%, then 50% (1 of
+    # 2 right, the majority count: failed). Per seed the average is 87.5 and 62.5.
+    assert "| 75.00 ± 0.00 | 2/2 | 75.00 ± 25.00 | 1/2 | 75.00 ± 12.50 |" in rows["fft"]
+    # dsgd: a 100% twice; b 50% (predicts x twice: at the majority rate 1/2) and 100%.
+    assert "| 100.00 ± 0.00 | 0/2 | 75.00 ± 25.00 | 1/2 | 87.50 ± 12.50 |" in rows["dsgd"]
 
 
 def _overview_rows() -> list[dict]:

@@ -23,6 +23,7 @@ PAGES = {
     "docs:vit-results": "docs/guides/examples.md",
     "docs:stability-results": "docs/results/stability.md",
     "docs:pilot": "docs/results/stability.md",
+    "docs:multitask-results": "docs/results/stability.md",
     "docs:performance-results": "docs/results/performance.md",
     "docs:mechanism": "docs/method.md",
 }

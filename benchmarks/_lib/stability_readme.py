@@ -10,11 +10,13 @@ from typing import Any
 
 from _lib import readme, summary
 from _lib.overview import overview_rows, overview_table, plot_overview, setting_key, setting_label
-from dsgd_jax.examples.stability_report import markdown_table, write_report
+from dsgd_jax.examples.stability_report import markdown_table, multitask_table, write_report
 from dsgd_jax.examples.stability_stats import ensemble_stats, load_results, method_stats
 
 __all__ = [
     "load_settings",
+    "multitask_folders",
+    "multitask_section",
     "overview_verdict",
     "readme_section",
     "results_folders",
@@ -23,6 +25,7 @@ __all__ = [
 ]
 
 README_MARKER = "docs:stability-results"
+MULTITASK_MARKER = "docs:multitask-results"
 
 
 def _pct(x: float) -> str:
@@ -357,6 +360,42 @@ def load_settings(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
 OVERVIEW_PLOT = "benchmarks/results/stability/overview.png"
 
 
+def multitask_folders(root: Path) -> list[Path]:
+    """The committed multi-task protocol runs: ``benchmarks/results/multitask/*/``."""
+    return sorted(p.parent for p in (root / "benchmarks/results/multitask").glob("*/results.json"))
+
+
+def multitask_section(root: Path) -> str:
+    """The stability page's block of multi-task runs: per pair of tasks, its commands,
+    machines and the Table 6 rows of :func:`~dsgd_jax.examples.stability_report.multitask_table`
+    (each task's own tables and plots are in the run's folder)."""
+    parts = [f"<!-- {MULTITASK_MARKER} -->"]
+    folders = multitask_folders(root)
+    if not folders:
+        parts.append(
+            "No multi-task protocol run is committed yet. "
+            "`python benchmarks/stability.py --example=bert --task=drugs+tweets2 "
+            "--methods=fft,dsgd,pcgrad/pcgrad_groups=tasks --seeds=10 "
+            "--out=benchmarks/results/multitask/<tasks>` makes one (add the recipe's flags)."
+        )
+    for folder in folders:
+        results = load_results(folder / "results.json")
+        rel = folder.relative_to(root).as_posix()
+        config = results["base_config"]
+        parts += [
+            "",
+            f"### {results['task']} · lr {config['learning_rate']:g} · "
+            f"{config['num_epochs']} epochs",
+            "",
+            _commands(results) + _machines(results) + f". Each task's tables and plots: "
+            f"`{rel}/table.md`." + _missing(results["missing"]),
+            "",
+            multitask_table(results).strip(),
+        ]
+    parts.append(f"<!-- /{MULTITASK_MARKER} -->")
+    return "\n".join(parts)
+
+
 def update_readme(root: Path) -> str:
     """Rewrites the stability page's results block, the README's summary, ``OVERVIEW_PLOT``
     and each committed
@@ -373,5 +412,9 @@ def update_readme(root: Path) -> str:
         plot_overview(all_results, root / OVERVIEW_PLOT)
     section = _section(settings, root)
     readme.fill_block(root / readme.PAGES[README_MARKER], README_MARKER, section)
+    for folder in multitask_folders(root):
+        write_report(load_results(folder / "results.json"), folder)
+    page = root / readme.PAGES[MULTITASK_MARKER]
+    readme.fill_block(page, MULTITASK_MARKER, multitask_section(root))
     summary.update(root)
     return section
