@@ -136,6 +136,12 @@ def demonstrate() -> dict:
 MARKER = "docs:mechanism"
 
 
+def _tiny(norm: float) -> str:
+    """A norm as the page states it: float64 rounding (below 1e-15) is machine-dependent,
+    so it reads as zero to that precision, not as its digits."""
+    return "0 to float64 precision (below 1e-15)" if norm < 1e-15 else f"{norm:.0e}"
+
+
 def readme_text(result: dict) -> str:
     """The method page's block on the demonstration, every number from ``result``."""
     runs, moved = result["runs"], result["largest_move"]
@@ -152,7 +158,7 @@ def readme_text(result: dict) -> str:
             f"({100 * result['fft_accuracy']:.0f}%, the majority rate). There the two wrong "
             f"examples' gradient has norm {np.linalg.norm(result['g_wrong']):.3f} and "
             f"cos(g_W, g_C) = {result['cosine']:.6f}: the mean gradient is "
-            f"{result['total_gradient_norm']:.0e}, and plain gradient descent moves "
+            f"{_tiny(result['total_gradient_norm'])}, and plain gradient descent moves "
             f"{moved['gd']:g} in {result['steps']} steps. DSGD's first update is the "
             "wrong examples' gradient alone; with beta = 1 it gets the class-0 point at -0.9 "
             f"right ({100 * max(runs['dsgd_beta1']['accuracy']):.0f}%) while lambda < 1, and "
