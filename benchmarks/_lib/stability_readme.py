@@ -10,8 +10,9 @@ from typing import Any
 
 from _lib import readme, summary
 from _lib.overview import overview_rows, overview_table, plot_overview, setting_key, setting_label
-from dsgd_jax.examples.stability_report import markdown_table, multitask_table, write_report
+from dsgd_jax.examples.stability_report import markdown_table, write_report
 from dsgd_jax.examples.stability_stats import ensemble_stats, load_results, method_stats
+from dsgd_jax.examples.stability_tasks import multitask_table
 
 __all__ = [
     "load_settings",
@@ -367,7 +368,7 @@ def multitask_folders(root: Path) -> list[Path]:
 
 def multitask_section(root: Path) -> str:
     """The stability page's block of multi-task runs: per pair of tasks, its commands,
-    machines and the Table 6 rows of :func:`~dsgd_jax.examples.stability_report.multitask_table`
+    machines and the Table 6 rows of :func:`~dsgd_jax.examples.stability_tasks.multitask_table`
     (each task's own tables and plots are in the run's folder)."""
     parts = [f"<!-- {MULTITASK_MARKER} -->"]
     folders = multitask_folders(root)

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["table"]
+__all__ = ["percent", "table"]
 
 _RULES = {"l": "---", "r": "---:", "c": ":---:"}
+
+
+def percent(x: float) -> str:
+    """A share as a table cell: percent with two decimals (``percent(0.8675)`` is
+    ``'86.75'``)."""
+    return f"{100 * x:.2f}"
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:

@@ -26,14 +26,12 @@ from dsgd_jax.examples.stability_stats import (
     method_stats,
     run_failures,
     runs_by_label,
-    task_names,
-    task_view,
     trace_stats,
 )
+from dsgd_jax.examples.stability_tasks import multitask_table, task_names, task_view
 
 __all__ = [
     "markdown_table",
-    "multitask_table",
     "plot_conflict_trace",
     "plot_epoch_curves",
     "plot_representation",
@@ -46,8 +44,7 @@ _DPI = 120
 _DASH = "—"
 
 
-def _percent(x: float) -> str:
-    return f"{100 * x:.2f}"
+_percent = markdown.percent
 
 
 def _format_time(seconds: float) -> str:
@@ -97,36 +94,6 @@ def markdown_table(results: Mapping[str, Any], *, base: str = "fft", dsgd: str =
         accuracy = f"{_percent(row['accuracy_mean'])} ± {_percent(row['accuracy_std'])}"
         rows.append([row["method"], str(row["subsets"]), accuracy] + [_DASH] * 8)
     return markdown.table((*columns, *flags), rows, "l" + "r" * 10)
-
-
-def multitask_table(results: Mapping[str, Any]) -> str:
-    """The paper's Table 6 of a multi-task protocol run, in markdown.
-
-    One row per method label: per task, its test accuracy as mean ± std over seeds
-    and its failed runs (at or below the task's majority-class rate, from the saved
-    predictions; :func:`~dsgd_jax.examples.stability_stats.task_view`), then the
-    average over tasks of each seed's accuracy, as mean ± std over seeds.
-    """
-    tasks = task_names(results)
-    stats = {task: method_stats(task_view(results, task)) for task in tasks}
-    columns = ["method", "seeds"]
-    for task in tasks:
-        columns += [f"{task} accuracy (%)", f"{task} failed"]
-    columns.append("average (%)")
-    rows = []
-    for label, runs in runs_by_label(results).items():
-        n = len(runs)
-        cells = [label, str(n)]
-        for task in tasks:
-            s = stats[task][label]
-            cells += [f"{_percent(s['accuracy_mean'])} ± {_percent(s['accuracy_std'])}"]
-            cells += [f"{s['failed']}/{n}"]
-        average = np.array(
-            [np.mean([r["tasks"][t]["accuracy"] for t in tasks]) for r in runs], dtype=float
-        )
-        cells.append(f"{_percent(average.mean())} ± {_percent(average.std())}")
-        rows.append(cells)
-    return markdown.table(columns, rows, "lr" + "rr" * len(tasks) + "r")
 
 
 def seed_table(results: Mapping[str, Any]) -> str:
@@ -427,7 +394,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
     Returns:
       The written paths by name: ``table``, ``seed_accuracy``, ``epoch_curves``,
       ``conflict_trace``, ``representation``. For a multi-task run (results with
-      ``heads``) ``table.md`` starts with :func:`multitask_table` and holds each
+      ``heads``) ``table.md`` starts with
+      :func:`~dsgd_jax.examples.stability_tasks.multitask_table` and holds each
       task's tables under its heading, and the plots are per task
       (``seed_accuracy-<task>``...), but for the conflict trace of the whole batches.
     """
@@ -436,10 +404,10 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
     table = out_dir / "table.md"
     tasks = task_names(results)
     if tasks:
-        return _write_multitask_report(results, tasks, out_dir, table)
-    table.write_text(markdown_table(results) + "\nPer seed:\n\n" + seed_table(results))
-    paths = {"table": table}
-    paths.update(_task_plots(results, out_dir, ""))
+        paths = _multitask_tables_and_plots(results, tasks, out_dir, table)
+    else:
+        table.write_text(markdown_table(results) + "\nPer seed:\n\n" + seed_table(results))
+        paths = {"table": table, **_task_plots(results, out_dir, "")}
     if any(r.get("conflict_trace") for r in results["runs"]):
         paths["conflict_trace"] = plot_conflict_trace(results, out_dir / "conflict_trace.png")
     return paths
@@ -459,9 +427,9 @@ def _task_plots(results: Mapping[str, Any], out_dir: Path, suffix: str) -> dict[
     return paths
 
 
-def _write_multitask_report(results, tasks, out_dir: Path, table: Path) -> dict[str, Path]:
-    """A multi-task run: :func:`multitask_table`, then each task's own tables and plots
-    (``seed_accuracy-<task>.png``...), and the conflict trace of the whole batches."""
+def _multitask_tables_and_plots(results, tasks, out_dir: Path, table: Path) -> dict[str, Path]:
+    """A multi-task run's ``table.md`` (its Table 6, then each task's own tables) and each
+    task's plots (``seed_accuracy-<task>.png``...)."""
     parts = [multitask_table(results)]
     paths: dict[str, Path] = {"table": table}
     for task in tasks:
@@ -470,6 +438,4 @@ def _write_multitask_report(results, tasks, out_dir: Path, table: Path) -> dict[
         slug = task.replace("/", "_")
         paths.update(_task_plots(view, out_dir, f"-{slug}"))
     table.write_text("".join(parts))
-    if any(r.get("conflict_trace") for r in results["runs"]):
-        paths["conflict_trace"] = plot_conflict_trace(results, out_dir / "conflict_trace.png")
     return paths
