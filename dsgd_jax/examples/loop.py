@@ -137,9 +137,9 @@ def run_epoch(
     Args:
       config: the run's settings (batch size, logging and conflict intervals, bar).
       epoch: the epoch, from 1.
-      data: the task; its train split is batched in each seed's :func:`data_order` (for
-        several tasks, :func:`~dsgd_jax.examples.multitask.train_order` with
-        ``config.task_mixing``).
+      data: the task; its train split is batched in each seed's :func:`data_order` (or,
+        for several tasks with ``task_mixing="round_robin"``,
+        :func:`~dsgd_jax.examples.multitask.round_robin_order`).
       runs: the run or vmapped seeds (:class:`Runs`): ``train(inputs, labels, valid,
         key)`` takes one optimizer step and updates their state, ``conflict`` measures
         :func:`dsgd_jax.gradient_conflict` without updating, ``dropout_key(step)`` is
@@ -150,9 +150,8 @@ def run_epoch(
     """
     run_seeds = runs.seeds
     seeds = len(run_seeds)
-    if data.heads:
-        mixing = getattr(config, "task_mixing", "proportional")
-        orders = [multitask.train_order(data, s, epoch, mixing) for s in run_seeds]
+    if config.task_mixing == "round_robin":
+        orders = [multitask.round_robin_order(data, s, epoch) for s in run_seeds]
     else:
         orders = [data_order(s, epoch, len(data.train)) for s in run_seeds]
     iters = [batches(data.train, config.batch_size, order=order) for order in orders]
@@ -256,9 +255,9 @@ def evaluation(outputs: dict[str, np.ndarray], data: TaskData, config) -> dict[s
     and ``mostly_one_class`` hold if they hold for any task, and ``per_class_recall``
     names each class ``"task/class"``.
     """
-    predictions = outputs["predictions"]
     if data.heads:
         return _multitask_evaluation(outputs, data, config)
+    predictions = outputs["predictions"]
     metrics = classification_metrics(
         data.test.labels,
         predictions,
@@ -279,30 +278,29 @@ def _multitask_evaluation(outputs, data: TaskData, config) -> dict[str, Any]:
 
     predictions = outputs["predictions"]
     tasks, task_of = multitask.per_task_metrics(predictions, data, metrics_fn)
-    if "features" in outputs:
-        for t, metrics in enumerate(tasks.values()):
-            metrics["representation_cosine"] = mean_pairwise_cosine(
-                outputs["features"][task_of == t]
-            )
     per_task = list(tasks.values())
+    features = outputs.get("features")
+    for t, metrics in enumerate(per_task):
+        if features is not None:
+            metrics["representation_cosine"] = mean_pairwise_cosine(features[task_of == t])
     summary: dict[str, Any] = {
         "accuracy": float(np.mean([m["accuracy"] for m in per_task])),
         "macro_f1": float(np.mean([m["macro_f1"] for m in per_task])),
         "per_class_recall": {
             f"{name}/{c}": r for name, m in tasks.items() for c, r in m["per_class_recall"].items()
         },
-        **{flag: any(m[flag] for m in per_task) for flag in FLAGS},
+        **{
+            flag: any(m[flag] for m in per_task)
+            for flag in ("collapsed", "failed", "mostly_one_class")
+        },
     }
-    if "features" in outputs:
+    if features is not None:
         summary["representation_cosine"] = float(
             np.mean([m["representation_cosine"] for m in per_task])
         )
     summary["tasks"] = tasks
     summary["predictions"] = predictions.tolist()
     return summary
-
-
-FLAGS = ("collapsed", "failed", "mostly_one_class")
 
 
 def train_epochs(

@@ -13,8 +13,8 @@ loss and correct flag are those under its own head, and one batch of mixed
 tasks is reduced with the global ``1/n`` (the doctest of
 :func:`dsgd_jax.scaled_mean` shows the same sum with two explicit heads).
 
-:func:`train_order` gives an epoch's order of the mixed training examples
-(``task_mixing``): ``proportional`` shuffles them all (each batch holds the tasks
+:func:`round_robin_order` gives an epoch's order of the mixed training examples under
+``task_mixing=round_robin``; ``proportional`` shuffles them all (each batch holds the tasks
 in proportion to their sizes, on average), ``round_robin`` takes one example of
 each task in turn, each task in its own shuffled order, a task that runs out
 leaving the cycle. :func:`per_task_metrics` evaluates each task on its own test
@@ -42,8 +42,8 @@ __all__ = [
     "TaskHeads",
     "join_tasks",
     "per_task_metrics",
+    "round_robin_order",
     "task_kwargs",
-    "train_order",
 ]
 
 MASKED_LOGIT = -1e9
@@ -150,12 +150,12 @@ def join_tasks(
     return TaskData(train, test, class_names, meta, heads=heads)
 
 
-def train_order(data: TaskData, seed: int, epoch: int, mixing: str) -> np.ndarray:
-    """The order of ``data``'s training examples in ``epoch`` of the run seeded ``seed``.
-
-    ``proportional`` (and every single-task run) is one permutation of them all,
-    seeded by ``[seed, epoch]``; ``round_robin`` cycles over the tasks, one example
-    each, every task in its own permutation seeded by ``[seed, epoch, task]``.
+def round_robin_order(data: TaskData, seed: int, epoch: int) -> np.ndarray:
+    """The order of ``data``'s training examples in ``epoch`` of the run seeded ``seed``
+    under ``task_mixing="round_robin"``: one example of each task in turn, every task in
+    its own permutation seeded by ``[seed, epoch, task]``, a task that runs out leaving
+    the cycle. (``proportional`` mixing is the single-task order,
+    :func:`~dsgd_jax.examples.loop.data_order`, over all the tasks' examples.)
 
     Examples:
       >>> import numpy as np
@@ -163,14 +163,11 @@ def train_order(data: TaskData, seed: int, epoch: int, mixing: str) -> np.ndarra
       ...     split = ArraySplit({"x": np.zeros((n, 1))}, np.arange(n) % 2)
       ...     return TaskData(split, split, ("no", "yes"))
       >>> data = join_tasks({"a": task(2), "b": task(3)})
-      >>> data.train.inputs["task"][train_order(data, 0, 1, "round_robin")].tolist()
+      >>> data.train.inputs["task"][round_robin_order(data, 0, 1)].tolist()
       [0, 1, 0, 1, 1]
     """
-    if mixing not in MIXINGS:
-        raise ValueError(f"task_mixing={mixing!r} is unknown; choose one of {MIXINGS}.")
-    n = len(data.train)
-    if mixing == "proportional" or not data.heads:
-        return np.random.default_rng([seed, epoch]).permutation(n)
+    if not data.heads:
+        raise ValueError("round-robin mixing needs several tasks; build them with join_tasks().")
     task_of = _task_of(data.train, data.heads)
     queues = []
     for t in range(len(data.heads)):

@@ -170,11 +170,10 @@ def _train(configs, workdirs, managers, last_saved, start):
     placement.check_batch("eval_batch_size", config.eval_batch_size)
     primary = distributed.is_primary()
     data = config.load_data()
-    mixing = getattr(config, "task_mixing", "proportional")
-    if mixing != "proportional" and not data.heads:
+    if config.task_mixing != "proportional" and not data.heads:
         raise ValueError(
-            f"task_mixing={mixing!r} mixes several tasks, but this run has one; drop the flag "
-            "or train several tasks at once (e.g. --task=drugs+tweets3)."
+            f"task_mixing={config.task_mixing!r} mixes several tasks, but this run has one; "
+            "drop the flag or train several tasks at once (e.g. --task=drugs+tweets3)."
         )
     runs = [build_run(c, data) for c in configs]
     announce_left_over(config, runs[0].steps_per_epoch)

@@ -19,7 +19,7 @@ from _toy import ToyMLP, saved_tree
 from flax import nnx
 
 import dsgd_jax
-from dsgd_jax.examples import multitask
+from dsgd_jax.examples import loop, multitask
 from dsgd_jax.examples.bert.__main__ import main
 from dsgd_jax.examples.bert.config import BertExampleConfig
 from dsgd_jax.examples.data import ArraySplit, TaskData
@@ -156,17 +156,17 @@ def test_round_robin_alternates_tasks_and_proportional_is_the_single_task_shuffl
         np.array([0, 1, 2, 3, 4, 2, 3]),
     )
     data = TaskData(split, split, ("a/n", "a/y", "b/x", "b/y", "b/z"), heads=HEADS)
-    order = multitask.train_order(data, 5, 2, "round_robin")
+    order = multitask.round_robin_order(data, 5, 2)
     assert sorted(order.tolist()) == list(range(7))
     tasks = split.inputs["task"][order].tolist()
     assert tasks == [0, 1, 0, 1, 1, 1, 1]  # a runs out after two turns
-    assert not np.array_equal(order, multitask.train_order(data, 5, 3, "round_robin"))
+    assert not np.array_equal(order, multitask.round_robin_order(data, 5, 3))
+    # Proportional mixing is the loop's single-task order over every task's examples.
     np.testing.assert_array_equal(
-        multitask.train_order(data, 5, 2, "proportional"),
-        np.random.default_rng([5, 2]).permutation(7),
+        loop.data_order(5, 2, 7), np.random.default_rng([5, 2]).permutation(7)
     )
     with pytest.raises(ValueError, match="task_mixing"):
-        multitask.train_order(data, 5, 2, "zip")
+        dataclasses.replace(TINY, task_mixing="zip").validate()
 
 
 def _np_pcgrad(grads):
