@@ -13,6 +13,9 @@ four train steps in interleaved rounds (``benchmarks/_lib/timing.py``):
 - ``jax_adamw``, ``jax_dsgd``: ``overhead.prepare(spec, "adamw" | "dsgd")``, the
   compiled JAX steps (masked-mean cross-entropy / the examples' DSGD step; global-norm
   clipping, AdamW with weight decay on matrices, warm-up and linear decay).
+- ``jax_dsgd_dropout16``: ``jax_dsgd`` with the examples' ``--dropout_bits=16``
+  (two dropout decisions per 32-bit random word instead of one; other masks, the
+  same model and rate).
 - ``torch_adamw``, ``torch_dsgd``: the same steps as a PyTorch user writes them
   (eager mode): per-example ``F.cross_entropy``, DSGD weights lambda on correctly
   classified examples and 1 on the rest, the mean over the n valid examples,
@@ -59,8 +62,14 @@ from dsgd_jax.examples.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "torch_peer"
 BERT_CONFIGS = tuple(name for name, spec in overhead.CONFIGS.items() if spec.example == "bert")
-ORDER = ("jax_adamw", "jax_dsgd", "torch_adamw", "torch_dsgd")
+ORDER = ("jax_adamw", "jax_dsgd", "jax_dsgd_dropout16", "torch_adamw", "torch_dsgd")
 BASELINE = "torch_dsgd"
+# The JAX steps: (name, overhead.prepare variant, --dropout_bits).
+JAX_VARIANTS = (
+    ("jax_adamw", "adamw", 32),
+    ("jax_dsgd", "dsgd", 32),
+    ("jax_dsgd_dropout16", "dsgd", 16),
+)
 LAMBDA = 0.5  # the torch step's fixed DSGD weight of correctly classified examples
 MAX_LOGIT_DIFF = 1e-3
 TOTAL_UPDATES = 1000  # overhead.prepare's default: sets both sides' lr schedules
@@ -177,12 +186,8 @@ def markdown_table(summary: dict[str, Any], ratios: dict[str, float]) -> str:
         median, iqr = timing.format_ms(s["median_s"]), timing.format_ms(s["iqr_s"])
         lines.append(f"| {name} | {median} | {iqr} | {ratio} |")
     lines.append("")
-    lines.append(
-        f"jax_dsgd / torch_dsgd: {ratios['jax_dsgd/torch_dsgd']:.3f}; "
-        f"jax_dsgd / jax_adamw: {ratios['jax_dsgd/jax_adamw']:.3f}; "
-        f"torch_dsgd / torch_adamw: {ratios['torch_dsgd/torch_adamw']:.3f} "
-        "(medians of per-round ratios)"
-    )
+    pairs = "; ".join(f"{name.replace('/', ' / ')}: {r:.3f}" for name, r in ratios.items())
+    lines.append(f"{pairs} (medians of per-round ratios)")
     return "\n".join(lines) + "\n"
 
 
@@ -288,13 +293,15 @@ def main(argv: list[str] | None = None) -> int:
             "the JAX example's architecture, so the timings would not compare the same work."
         )
 
-    print(f"compiling jax_adamw and jax_dsgd ({spec.describe()})")
-    prepared = {v: overhead.prepare(spec, v, seed=args.seed) for v in ("adamw", "dsgd")}
-    for v, p in prepared.items():
-        print(f"  jax_{v}: compiled in {p.compile_s:.1f} s")
+    print(f"compiling jax_adamw, jax_dsgd and jax_dsgd_dropout16 ({spec.describe()})")
+    prepared = {
+        name: overhead.prepare(spec, variant, seed=args.seed, dropout_bits=bits)
+        for name, variant, bits in JAX_VARIANTS
+    }
+    for name, p in prepared.items():
+        print(f"  {name}: compiled in {p.compile_s:.1f} s")
     steps = {
-        "jax_adamw": prepared["adamw"].step,
-        "jax_dsgd": prepared["dsgd"].step,
+        **{name: p.step for name, p in prepared.items()},
         "torch_adamw": make_torch_step(
             copy.deepcopy(torch_model), torch_batch, dsgd=False, device=device
         ),
@@ -312,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = timing.summarize(times, baseline=BASELINE)
     ratios = {
         "jax_dsgd/torch_dsgd": summary["jax_dsgd"]["ratio_median"],
+        "jax_dsgd_dropout16/torch_dsgd": summary["jax_dsgd_dropout16"]["ratio_median"],
+        "jax_dsgd_dropout16/jax_dsgd": timing.summarize(times, baseline="jax_dsgd")[
+            "jax_dsgd_dropout16"
+        ]["ratio_median"],
         "jax_dsgd/jax_adamw": timing.summarize(times, baseline="jax_adamw")["jax_dsgd"][
             "ratio_median"
         ],
@@ -319,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_median"
         ],
     }
-    for v, p in prepared.items():
-        summary[f"jax_{v}"].update(compile_s=p.compile_s, xla_memory=p.memory)
+    for name, p in prepared.items():
+        summary[name].update(compile_s=p.compile_s, xla_memory=p.memory)
 
     machine = {
         **machine_info(),
@@ -348,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": BASELINE,
         "ratios": ratios,
         "variants": summary,
-        "compile_s": {f"jax_{v}": p.compile_s for v, p in prepared.items()},
+        "compile_s": {name: p.compile_s for name, p in prepared.items()},
         "times_s": times,
         "peak_rss_bytes": timing.peak_rss_bytes(),
     }

@@ -41,6 +41,7 @@ from flax import nnx
 from _lib import timing
 from dsgd_jax.examples import markdown
 from dsgd_jax.examples.bert import model as bert_model
+from dsgd_jax.examples.nn import set_dropout_bits
 from dsgd_jax.examples.steps import make_optimizer, make_steps
 from dsgd_jax.examples.train import TrainConfig
 from dsgd_jax.examples.vit import model as vit_model
@@ -206,15 +207,24 @@ def hlo_difference(base: collections.Counter, other: collections.Counter) -> dic
     return {k: other[k] - base[k] for k in sorted(set(base) | set(other)) if other[k] != base[k]}
 
 
-def prepare(spec: ModelSpec, variant: str, *, seed: int = 0, total_updates: int = 1000):
+def prepare(
+    spec: ModelSpec,
+    variant: str,
+    *,
+    seed: int = 0,
+    total_updates: int = 1000,
+    dropout_bits: int = 32,
+):
     """Builds, compiles and returns one variant's train step of ``spec``'s model.
 
     The step is ``jax.jit`` over the split NNX model and optimizer state with the
     state donated, as a training loop runs it; ``memory`` is XLA's own account of
-    the compiled program (argument, output and temporary bytes).
+    the compiled program (argument, output and temporary bytes). ``dropout_bits`` is
+    the examples' ``--dropout_bits`` (:class:`dsgd_jax.examples.nn.Dropout`).
     """
     fn = _variant_step(variant, total_updates)
     model, batch = model_and_batch(spec, seed)
+    set_dropout_bits(model, dropout_bits)
     optimizer = nnx.Optimizer(model, make_optimizer(TrainConfig(), total_updates), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
 

@@ -187,6 +187,20 @@ def _torch_peer_paragraph(r: dict[str, Any]) -> str:
         f"within JAX {ratios['jax_dsgd/jax_adamw']:.3f}, within PyTorch "
         f"{ratios['torch_dsgd/torch_adamw']:.3f} (medians of per-round ratios, from rounds "
         "that mix both frameworks; the step-overhead runs above measure DSGD's own cost)."
+        + _dropout16_sentence(r)
+    )
+
+
+def _dropout16_sentence(r: dict[str, Any]) -> str:
+    """The ``--dropout_bits=16`` step's figures, where the peer run timed it."""
+    ratios = r["ratios"]
+    if "jax_dsgd_dropout16/torch_dsgd" not in ratios:
+        return " Its file predates the `--dropout_bits=16` step (rerun the command for it)."
+    ms = r["variants"]["jax_dsgd_dropout16"]["median_s"] * 1e3
+    return (
+        f" With `--dropout_bits=16` (two dropout decisions per 32-bit random word) the JAX "
+        f"DSGD step took {ms:.1f} ms: {ratios['jax_dsgd_dropout16/jax_dsgd']:.3f} times the "
+        f"32-bit one, {ratios['jax_dsgd_dropout16/torch_dsgd']:.2f} times PyTorch's."
     )
 
 

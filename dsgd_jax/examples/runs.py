@@ -33,7 +33,7 @@ from dsgd_jax.examples import checkpoint as ckpt
 from dsgd_jax.examples import distributed, loop
 from dsgd_jax.examples.loop import evaluation, test_outputs
 from dsgd_jax.examples.multitask import TaskHeads
-from dsgd_jax.examples.nn import num_params
+from dsgd_jax.examples.nn import num_params, set_dropout_bits
 from dsgd_jax.examples.steps import make_optimizer, make_steps, prepare_model
 from dsgd_jax.examples.workdir import check_workdir, start_log
 
@@ -88,6 +88,7 @@ def build_run(config: TrainConfig, data: TaskData) -> Run:
     if data.heads and not isinstance(model, TaskHeads):  # several tasks: a head each
         model = TaskHeads(model, data.heads)
     wrt = prepare_model(config, model, jax.random.fold_in(init_key, 1))
+    set_dropout_bits(model, config.dropout_bits)  # after prepare_model's new layers
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     total_updates = steps_per_epoch * config.num_epochs // config.grad_accum_steps
     if total_updates < 1:

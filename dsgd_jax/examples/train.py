@@ -43,6 +43,7 @@ from dsgd_jax.examples.data import TaskData
 from dsgd_jax.examples.fields import choices_of, config_field
 from dsgd_jax.examples.methods.dsgd import SCALERS
 from dsgd_jax.examples.multitask import MIXINGS
+from dsgd_jax.examples.nn import check_dropout_bits
 from dsgd_jax.examples.runs import train_runs
 
 __all__ = [
@@ -87,6 +88,11 @@ class LoopConfig:
         10, "steps between writes of the per-step metrics (and of the bar's loss readout)"
     )
     conflict_every: int = config_field(0, "log cos(g_W, g_C) every N steps; 0 = never")
+    dropout_bits: int = config_field(
+        32,
+        "random bits deciding each dropout element: 32 (flax's nnx.Dropout) or 16 (one "
+        "32-bit draw for two elements, rate within 1/131072; faster, other masks)",
+    )
     task_mixing: Literal[MIXINGS] = config_field(
         "proportional",
         "several tasks: proportional (one shuffle of all their examples) or round_robin "
@@ -152,6 +158,7 @@ class TrainConfig(*reversed(METHOD_CONFIGS), LoopConfig):
         for name in ("conflict_every", "stop_after_epochs", "reinit_layers"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 turns it off).")
+        check_dropout_bits(self.dropout_bits)
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if not 0 <= self.warmup_ratio < 1:

@@ -70,8 +70,13 @@ def _assert_same_run(a: Path, b: Path):
 @pytest.mark.parametrize("method", ["dsgd", "fft"])
 @pytest.mark.parametrize(
     "base",
-    [BERT, VIT, dataclasses.replace(BERT, task="synthetic+synthetic3")],
-    ids=["bert", "vit", "bert-two-tasks"],
+    [
+        BERT,
+        VIT,
+        dataclasses.replace(BERT, task="synthetic+synthetic3"),
+        dataclasses.replace(BERT, dropout_bits=16),
+    ],
+    ids=["bert", "vit", "bert-two-tasks", "bert-dropout16"],
 )
 def test_eight_devices_equal_one(tmp_path, base, method):
     config = dataclasses.replace(base, method=method)

@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 from dsgd_jax.examples.nn import (
+    Dropout,
     add_noise,
     check_config,
     float32_norm,
@@ -150,7 +151,7 @@ class BertEmbeddings(nnx.Module):
         self.position_embeddings = _embed(config.max_position_embeddings, config, rngs, dtype)
         self.token_type_embeddings = _embed(config.type_vocab_size, config, rngs, dtype)
         self.layer_norm = _layer_norm(config, rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, *, rngs=None):
         positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
@@ -172,8 +173,8 @@ class BertLayer(nnx.Module):
         self.intermediate = _linear(h, config.intermediate_size, rngs, dtype)
         self.output = _linear(config.intermediate_size, h, rngs, dtype)
         self.output_layer_norm = _layer_norm(config, rngs)
-        self.attention_dropout = nnx.Dropout(config.attention_probs_dropout_prob)
-        self.hidden_dropout = nnx.Dropout(config.hidden_dropout_prob)
+        self.attention_dropout = Dropout(config.attention_probs_dropout_prob)
+        self.hidden_dropout = Dropout(config.hidden_dropout_prob)
         self.hidden_act = config.hidden_act
 
     def __call__(self, x, mask, position_bias=None, *, rngs=None):
@@ -266,7 +267,7 @@ class BertClassifier(nnx.Module):
         self.encoder = self.encoder_class(config, rngs=rngs, dtype=dtype)
         self.pooler = _linear(config.hidden_size, config.hidden_size, rngs, dtype)
         rate = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
-        self.dropout = nnx.Dropout(rate)
+        self.dropout = Dropout(rate)
         self.classifier = _linear(config.hidden_size, num_classes, rngs, dtype)
 
     def __call__(self, inputs: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None):

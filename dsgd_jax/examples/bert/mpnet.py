@@ -74,7 +74,7 @@ from dsgd_jax.examples.bert.model import (
     copy_into,
     read_safetensors,
 )
-from dsgd_jax.examples.nn import check_config, float32_norm, from_hf_config, from_preset
+from dsgd_jax.examples.nn import Dropout, check_config, float32_norm, from_hf_config, from_preset
 
 __all__ = [
     "MPNetClassifier",
@@ -212,7 +212,7 @@ class MPNetEmbeddings(nnx.Module):
         self.word_embeddings = _embed(config.vocab_size, config, rngs, dtype)
         self.position_embeddings = _embed(config.max_position_embeddings, config, rngs, dtype)
         self.layer_norm = _layer_norm(config, rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, input_ids, attention_mask, *, rngs=None):
         """Real tokens take positions ``PADDING_IDX + 1, + 2, ..``, padding ``PADDING_IDX``.

@@ -42,7 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dsgd_jax.examples.nn import add_noise, check_config, float32_norm, from_preset, head_noise
+from dsgd_jax.examples.nn import (
+    Dropout,
+    add_noise,
+    check_config,
+    float32_norm,
+    from_preset,
+    head_noise,
+)
 from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
 
 
@@ -134,8 +141,8 @@ class EncoderBlock(nnx.Module):
         self.ln2 = _layer_norm(config, rngs)
         self.fc1 = _linear(d, config.mlp_dim, rngs, dtype, bias_std=1e-6)
         self.fc2 = _linear(config.mlp_dim, d, rngs, dtype, bias_std=1e-6)
-        self.dropout = nnx.Dropout(config.dropout_rate)
-        self.attention_dropout = nnx.Dropout(config.attention_dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
+        self.attention_dropout = Dropout(config.attention_dropout_rate)
 
     def __call__(self, x, *, rngs=None):
         """``x``: [B, N, D] in the compute dtype."""
@@ -174,7 +181,7 @@ class ViT(nnx.Module):
         self.cls = nnx.Param(jnp.zeros((1, 1, d), jnp.float32))
         pos = nnx.initializers.normal(0.02)(rngs.params(), (1, config.num_patches + 1, d))
         self.pos_embedding = nnx.Param(pos)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         self.blocks = nnx.List(
             [EncoderBlock(config, rngs=rngs, dtype=dtype) for _ in range(config.num_layers)]
         )
