@@ -27,6 +27,7 @@ the kind of setting that can test DSGD's claim.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import sys
@@ -163,6 +164,9 @@ def summarize(entry: dict, results: dict) -> dict:
         "std": float(accuracy.std()) if runs else float("nan"),
         "escape_epochs": [f["escape_epoch"] for f in flags],
         "command": results["command"],
+        "machine": "{cpu}, {cores} cores".format_map(
+            {"cpu": "unknown", "cores": "?", **results.get("machine", {})}
+        ),
     }
 
 
@@ -232,6 +236,12 @@ def verdict(rows: list[dict], pending: list[str] = ()) -> str:
     lines.append(f"It fails on none in {len(none)}.")
     if pending:
         lines.append(f"Not run yet ({len(pending)}): " + ", ".join(pending) + ".")
+    machines = collections.Counter(r.get("machine", "unknown") for r in rows)
+    lines.append(
+        "Machines: "
+        + "; ".join(f"{cpu} ({n} setting{'s' if n > 1 else ''})" for cpu, n in machines.items())
+        + "."
+    )
     return " ".join(lines)
 
 
