@@ -16,6 +16,9 @@ four train steps in interleaved rounds (``benchmarks/_lib/timing.py``):
 - ``jax_dsgd_dropout16``: ``jax_dsgd`` with the examples' ``--dropout_bits=16``
   (two dropout decisions per 32-bit random word instead of one; other masks, the
   same model and rate).
+- ``jax_dsgd_nodropout``, ``torch_dsgd_nodropout``: both DSGD steps with every
+  dropout off (JAX: rates 0; torch: the module in eval mode), which tells the cost
+  of dropout in each framework from the cost of the rest.
 - ``torch_adamw``, ``torch_dsgd``: the same steps as a PyTorch user writes them
   (eager mode): per-example ``F.cross_entropy``, DSGD weights lambda on correctly
   classified examples and 1 on the rest, the mean over the n valid examples,
@@ -62,13 +65,22 @@ from dsgd_jax.examples.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "torch_peer"
 BERT_CONFIGS = tuple(name for name, spec in overhead.CONFIGS.items() if spec.example == "bert")
-ORDER = ("jax_adamw", "jax_dsgd", "jax_dsgd_dropout16", "torch_adamw", "torch_dsgd")
+ORDER = (
+    "jax_adamw",
+    "jax_dsgd",
+    "jax_dsgd_dropout16",
+    "jax_dsgd_nodropout",
+    "torch_adamw",
+    "torch_dsgd",
+    "torch_dsgd_nodropout",
+)
 BASELINE = "torch_dsgd"
-# The JAX steps: (name, overhead.prepare variant, --dropout_bits).
+# The JAX steps: (name, overhead.prepare variant, --dropout_bits, dropout on).
 JAX_VARIANTS = (
-    ("jax_adamw", "adamw", 32),
-    ("jax_dsgd", "dsgd", 32),
-    ("jax_dsgd_dropout16", "dsgd", 16),
+    ("jax_adamw", "adamw", 32, True),
+    ("jax_dsgd", "dsgd", 32, True),
+    ("jax_dsgd_dropout16", "dsgd", 16, True),
+    ("jax_dsgd_nodropout", "dsgd", 32, False),
 )
 LAMBDA = 0.5  # the torch step's fixed DSGD weight of correctly classified examples
 MAX_LOGIT_DIFF = 1e-3
@@ -91,8 +103,11 @@ def plain_loss(logits, labels, valid) -> torch.Tensor:
     return torch.where(valid, ce, 0.0).sum() / valid.sum().clamp(min=1)
 
 
-def make_torch_step(model: nn.Module, batch, *, dsgd: bool, device: torch.device):
-    """One train step closure (model and optimizer state kept inside), like the JAX ones."""
+def make_torch_step(
+    model: nn.Module, batch, *, dsgd: bool, device: torch.device, dropout: bool = True
+):
+    """One train step closure (model and optimizer state kept inside), like the JAX ones;
+    ``dropout=False`` trains the module in eval mode (every dropout off)."""
     config = TrainConfig()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -113,7 +128,7 @@ def make_torch_step(model: nn.Module, batch, *, dsgd: bool, device: torch.device
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     params = list(model.parameters())
     inputs, labels, valid = batch
-    model.train()
+    model.train(dropout)
 
     def step() -> None:
         logits = model(inputs)
@@ -295,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"compiling jax_adamw, jax_dsgd and jax_dsgd_dropout16 ({spec.describe()})")
     prepared = {
-        name: overhead.prepare(spec, variant, seed=args.seed, dropout_bits=bits)
-        for name, variant, bits in JAX_VARIANTS
+        name: overhead.prepare(spec, variant, seed=args.seed, dropout_bits=bits, dropout=on)
+        for name, variant, bits, on in JAX_VARIANTS
     }
     for name, p in prepared.items():
         print(f"  {name}: compiled in {p.compile_s:.1f} s")
@@ -306,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             copy.deepcopy(torch_model), torch_batch, dsgd=False, device=device
         ),
         "torch_dsgd": make_torch_step(torch_model, torch_batch, dsgd=True, device=device),
+        "torch_dsgd_nodropout": make_torch_step(
+            copy.deepcopy(torch_model), torch_batch, dsgd=True, device=device, dropout=False
+        ),
     }
     assert tuple(steps) == ORDER
     print(
@@ -323,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         "jax_dsgd_dropout16/jax_dsgd": timing.summarize(times, baseline="jax_dsgd")[
             "jax_dsgd_dropout16"
         ]["ratio_median"],
+        "jax_dsgd_nodropout/torch_dsgd_nodropout": timing.summarize(
+            times, baseline="torch_dsgd_nodropout"
+        )["jax_dsgd_nodropout"]["ratio_median"],
         "jax_dsgd/jax_adamw": timing.summarize(times, baseline="jax_adamw")["jax_dsgd"][
             "ratio_median"
         ],

@@ -214,17 +214,23 @@ def prepare(
     seed: int = 0,
     total_updates: int = 1000,
     dropout_bits: int = 32,
+    dropout: bool = True,
 ):
     """Builds, compiles and returns one variant's train step of ``spec``'s model.
 
     The step is ``jax.jit`` over the split NNX model and optimizer state with the
     state donated, as a training loop runs it; ``memory`` is XLA's own account of
     the compiled program (argument, output and temporary bytes). ``dropout_bits`` is
-    the examples' ``--dropout_bits`` (:class:`dsgd_jax.examples.nn.Dropout`).
+    the examples' ``--dropout_bits`` (:class:`dsgd_jax.examples.nn.Dropout`);
+    ``dropout=False`` sets every dropout rate to 0 (what the step costs without it).
     """
     fn = _variant_step(variant, total_updates)
     model, batch = model_and_batch(spec, seed)
     set_dropout_bits(model, dropout_bits)
+    if not dropout:
+        for _, node in nnx.iter_graph(model):
+            if isinstance(node, nnx.Dropout):
+                node.rate = 0.0
     optimizer = nnx.Optimizer(model, make_optimizer(TrainConfig(), total_updates), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
 

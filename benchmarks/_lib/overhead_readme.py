@@ -197,11 +197,22 @@ def _dropout16_sentence(r: dict[str, Any]) -> str:
     if "jax_dsgd_dropout16/torch_dsgd" not in ratios:
         return " Its file predates the `--dropout_bits=16` step (rerun the command for it)."
     ms = r["variants"]["jax_dsgd_dropout16"]["median_s"] * 1e3
-    return (
+    text = (
         f" With `--dropout_bits=16` (two dropout decisions per 32-bit random word) the JAX "
         f"DSGD step took {ms:.1f} ms: {ratios['jax_dsgd_dropout16/jax_dsgd']:.3f} times the "
         f"32-bit one, {ratios['jax_dsgd_dropout16/torch_dsgd']:.2f} times PyTorch's."
     )
+    if "jax_dsgd_nodropout/torch_dsgd_nodropout" in ratios:
+        v = r["variants"]
+        jax_off, torch_off = (v[f"{k}_dsgd_nodropout"]["median_s"] * 1e3 for k in ("jax", "torch"))
+        text += (
+            f" With every dropout off, JAX {jax_off:.1f} ms and PyTorch {torch_off:.1f} ms, "
+            f"JAX/PyTorch {ratios['jax_dsgd_nodropout/torch_dsgd_nodropout']:.2f}: dropout "
+            f"costs JAX {v['jax_dsgd']['median_s'] * 1e3 - jax_off:.0f} ms of its step and "
+            f"PyTorch {v['torch_dsgd']['median_s'] * 1e3 - torch_off:.0f} ms (median "
+            "differences)."
+        )
+    return text
 
 
 def update_readme(root: Path) -> str:
