@@ -113,6 +113,7 @@ SETTINGS = [
     setting("tweets2bal", 1e-4),
     setting("tweets2bal", 1e-4, "fail"),
     setting("tweets2bal", 3e-4, "fail"),
+    setting("tweets2bal", 1.5e-4, "fail"),  # between learning (1e-4) and collapse (3e-4)
     # a base-size encoder (about 6x MiniLM-L6's step time), where MiniLM stays stable.
     setting("tweets2", 1e-4, "mpnet"),
     setting("tweets2", 3e-5, "fail", "mpnet"),
