@@ -105,9 +105,10 @@ class Dropout(nnx.Dropout):
     elements of the last axis (the low half the even one), each kept when it is at
     least ``t = round(rate * 65536)``. The drop rate is then ``t / 65536``, within
     ``1 / 131072`` of ``rate``, and the kept elements are scaled by
-    ``65536 / (65536 - t)``, so that the mean is kept exactly. 16 bits draw half the
-    random words, which makes a train step on a CPU faster (``benchmarks/torch_peer.py``
-    times both); the masks differ, so the runs do too.
+    ``65536 / (65536 - t)``, so that the mean is kept exactly (a rate that rounds to
+    ``t = 65536`` drops every element). Half the words make a train step on a CPU
+    faster (``benchmarks/torch_peer.py`` times both); the masks differ, so the runs
+    do too.
 
     >>> import jax.numpy as jnp
     >>> x = jnp.ones((2, 3))
@@ -128,7 +129,8 @@ class Dropout(nnx.Dropout):
             raise ValueError("Dropout needs deterministic=True or False (at init or call).")
         if self.rate == 0.0 or deterministic:
             return inputs
-        if self.rate == 1.0:
+        threshold = round(self.rate * 65536)
+        if threshold >= 65536:
             return jnp.zeros_like(inputs)
         rngs = self.rngs if rngs is None else rngs
         if isinstance(rngs, nnx.Rngs):
@@ -143,7 +145,6 @@ class Dropout(nnx.Dropout):
         for dim in self.broadcast_dims:
             shape[dim] = 1
         keep = jnp.broadcast_to(_keep16(key, tuple(shape), self.rate), inputs.shape)
-        threshold = round(self.rate * 65536)
         scale = jnp.asarray(65536 / (65536 - threshold), inputs.dtype)
         return jax.lax.select(keep, inputs * scale, jnp.zeros_like(inputs))
 

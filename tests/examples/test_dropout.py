@@ -77,6 +77,9 @@ def test_16_bits_keeps_dtype_broadcast_dims_and_the_off_switches():
     assert drop(x, deterministic=True) is x
     assert Dropout(0.0, bits=16)(x, deterministic=False) is x
     assert float(jnp.abs(Dropout(1.0, bits=16)(x, deterministic=False)).max()) == 0.0
+    # A rate within 1/131072 of 1 rounds to every element dropped, not to a division by 0.
+    almost = Dropout(1 - 1e-6, bits=16)(x, deterministic=False, rngs=jax.random.key(0))
+    assert float(jnp.abs(almost).max()) == 0.0
 
 
 def test_16_bits_differs_between_keys_and_calls():
