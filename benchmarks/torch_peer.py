@@ -75,6 +75,15 @@ ORDER = (
     "torch_dsgd_nodropout",
 )
 BASELINE = "torch_dsgd"
+# The ratios reported, "numerator/denominator" (medians of per-round ratios).
+RATIOS = (
+    "jax_dsgd/torch_dsgd",
+    "jax_dsgd_dropout16/torch_dsgd",
+    "jax_dsgd_dropout16/jax_dsgd",
+    "jax_dsgd_nodropout/torch_dsgd_nodropout",
+    "jax_dsgd/jax_adamw",
+    "torch_dsgd/torch_adamw",
+)
 # The JAX steps: (name, overhead.prepare variant, --dropout_bits, dropout on).
 JAX_VARIANTS = (
     ("jax_adamw", "adamw", 32, True),
@@ -336,20 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary = timing.summarize(times, baseline=BASELINE)
     ratios = {
-        "jax_dsgd/torch_dsgd": summary["jax_dsgd"]["ratio_median"],
-        "jax_dsgd_dropout16/torch_dsgd": summary["jax_dsgd_dropout16"]["ratio_median"],
-        "jax_dsgd_dropout16/jax_dsgd": timing.summarize(times, baseline="jax_dsgd")[
-            "jax_dsgd_dropout16"
-        ]["ratio_median"],
-        "jax_dsgd_nodropout/torch_dsgd_nodropout": timing.summarize(
-            times, baseline="torch_dsgd_nodropout"
-        )["jax_dsgd_nodropout"]["ratio_median"],
-        "jax_dsgd/jax_adamw": timing.summarize(times, baseline="jax_adamw")["jax_dsgd"][
+        pair: timing.summarize(times, baseline=pair.split("/")[1])[pair.split("/")[0]][
             "ratio_median"
-        ],
-        "torch_dsgd/torch_adamw": timing.summarize(times, baseline="torch_adamw")["torch_dsgd"][
-            "ratio_median"
-        ],
+        ]
+        for pair in RATIOS
     }
     for name, p in prepared.items():
         summary[name].update(compile_s=p.compile_s, xla_memory=p.memory)

@@ -280,8 +280,8 @@ def _multitask_evaluation(outputs, data: TaskData, config) -> dict[str, Any]:
     tasks, task_of = multitask.per_task_metrics(predictions, data, metrics_fn)
     per_task = list(tasks.values())
     features = outputs.get("features")
-    for t, metrics in enumerate(per_task):
-        if features is not None:
+    if features is not None:
+        for t, metrics in enumerate(per_task):
             metrics["representation_cosine"] = mean_pairwise_cosine(features[task_of == t])
     summary: dict[str, Any] = {
         "accuracy": float(np.mean([m["accuracy"] for m in per_task])),

@@ -144,20 +144,21 @@ class Dropout(nnx.Dropout):
         shape = list(inputs.shape)
         for dim in self.broadcast_dims:
             shape[dim] = 1
-        keep = jnp.broadcast_to(_keep16(key, tuple(shape), self.rate), inputs.shape)
+        keep = jnp.broadcast_to(_keep16(key, tuple(shape), threshold), inputs.shape)
         scale = jnp.asarray(65536 / (65536 - threshold), inputs.dtype)
         return jax.lax.select(keep, inputs * scale, jnp.zeros_like(inputs))
 
 
-def _keep16(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
-    """The keep mask of ``shape`` from 16-bit halves of threefry words (see :class:`Dropout`)."""
+def _keep16(key: jax.Array, shape: tuple[int, ...], threshold: int) -> jax.Array:
+    """The keep mask of ``shape`` from 16-bit halves of threefry words, each kept when at
+    least ``threshold`` (see :class:`Dropout`)."""
     if not shape:
         shape, scalar = (1,), True
     else:
         scalar = False
     last = shape[-1]
     words = jax.random.bits(key, (*shape[:-1], -(-last // 2)), jnp.uint32)
-    threshold = jnp.uint32(round(rate * 65536))
+    threshold = jnp.uint32(threshold)
     pair = jnp.stack([(words & jnp.uint32(0xFFFF)) >= threshold, (words >> 16) >= threshold], -1)
     keep = pair.reshape(*shape[:-1], 2 * words.shape[-1])[..., :last]
     return keep.reshape(()) if scalar else keep
