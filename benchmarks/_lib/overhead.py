@@ -173,6 +173,7 @@ class Prepared:
     memory: dict[str, int]
     flops: float
     hlo_ops: collections.Counter  # the optimized entry computation, see hlo_entry_ops
+    hlo_text: str = ""  # the optimized module, as compiled.as_text() prints it
 
 
 _ARRAY_SHAPE = re.compile(r"\b[a-z]+[0-9]*\[")  # f32[, s32[, pred[, u32[ ...
@@ -251,14 +252,15 @@ def prepare(
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float((cost or {}).get("flops", 0.0))
-    hlo_ops = hlo_entry_ops(compiled.as_text())
+    hlo_text = compiled.as_text()
+    hlo_ops = hlo_entry_ops(hlo_text)
     holder = [state]
 
     def step() -> None:
         holder[0], metrics = compiled(holder[0], *batch)
         jax.block_until_ready((holder[0], metrics))
 
-    return Prepared(step, compile_s, memory, flops, hlo_ops)
+    return Prepared(step, compile_s, memory, flops, hlo_ops, hlo_text)
 
 
 def _device_peak() -> int | None:
