@@ -54,17 +54,15 @@ from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_profile"
-BERT_CONFIGS = tuple(name for name, spec in overhead.CONFIGS.items() if spec.example == "bert")
 PROG = "python benchmarks/step_profile.py"
 TOP = 15  # rows of the per-line and per-op tables
-_AUTOGRAD = "autograd::engine::evaluate_function: "
 
 
 @dataclasses.dataclass
 class Flags:
     """The flags of ``python benchmarks/step_profile.py``."""
 
-    config: Literal[BERT_CONFIGS] | None = config_field(
+    config: Literal[overhead.BERT_CONFIGS] | None = config_field(
         None,
         "model config of benchmarks/_lib/overhead.py's CONFIGS (BERT ones); "
         "default minilm-l6, bert-tiny with --quick",
@@ -175,11 +173,7 @@ class TorchSide:
         model = TorchBertClassifier(BertConfig.preset(spec.preset), spec.num_classes)
         device = torch.device("cpu")
         check, batch = torch_peer.check_equivalence(spec, model, device, seed)
-        if not check["max_abs_logit_diff"] <= torch_peer.MAX_LOGIT_DIFF:
-            raise SystemExit(
-                f"torch and JAX logits differ by {check['max_abs_logit_diff']:.3e}: "
-                "not the same model, so the profiles would not compare the same work"
-            )
+        torch_peer.require_same_logits(check)
         self.check = check
         self.version = torch.__version__
         self.step = torch_peer.make_torch_step(model, batch, dsgd=True, device=device)
@@ -210,12 +204,14 @@ class TorchSide:
         forward = {}
         for event in events:
             parent = event.cpu_parent
-            if event.sequence_nr >= 0 and not event.name.startswith(_AUTOGRAD):
+            if event.sequence_nr >= 0 and not event.name.startswith(op_profile.AUTOGRAD_NODE):
                 if parent is None or parent.sequence_nr != event.sequence_nr:
                     forward.setdefault(event.sequence_nr, event)
         for event in events:
             chain = [e.name for e in callers(event)]
-            node = next((e for e in callers(event) if e.name.startswith(_AUTOGRAD)), None)
+            node = next(
+                (e for e in callers(event) if e.name.startswith(op_profile.AUTOGRAD_NODE)), None
+            )
             origin = forward.get(node.sequence_nr) if node is not None else None
             origin_chain = [e.name for e in callers(origin)] if origin is not None else []
             key = event.name if len(chain) == 1 else f"{event.name} < {chain[1]}"

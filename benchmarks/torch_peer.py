@@ -64,7 +64,6 @@ from dsgd_jax.examples.stability import machine_info
 from dsgd_jax.examples.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "torch_peer"
-BERT_CONFIGS = tuple(name for name, spec in overhead.CONFIGS.items() if spec.example == "bert")
 ORDER = (
     "jax_adamw",
     "jax_dsgd",
@@ -200,6 +199,17 @@ def check_equivalence(spec: overhead.ModelSpec, torch_model: nn.Module, device, 
     return check, torch_batch
 
 
+def require_same_logits(check: dict[str, Any]) -> None:
+    """SystemExit unless :func:`check_equivalence` found the two models' logits within
+    MAX_LOGIT_DIFF: otherwise a comparison of the two steps would not be of the same work."""
+    if not check["max_abs_logit_diff"] <= MAX_LOGIT_DIFF:
+        raise SystemExit(
+            f"torch and JAX logits differ by {check['max_abs_logit_diff']:.3e} > "
+            f"{MAX_LOGIT_DIFF:g} with the same weights and batch: the torch model is not "
+            "the JAX example's architecture, so the timings would not compare the same work."
+        )
+
+
 def markdown_table(summary: dict[str, Any], ratios: dict[str, float]) -> str:
     lines = [
         "| variant | median step (ms) | IQR (ms) | ratio to torch_dsgd (median [IQR]) |",
@@ -223,7 +233,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class Flags:
     """The flags of ``python benchmarks/torch_peer.py``."""
 
-    config: Literal[BERT_CONFIGS] | None = config_field(
+    config: Literal[overhead.BERT_CONFIGS] | None = config_field(
         None,
         "model config of benchmarks/_lib/overhead.py's CONFIGS (BERT ones); "
         "default minilm-l6, bert-tiny with --quick",
@@ -310,12 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         f"max |[CLS] feature diff| {check['max_abs_cls_feature_diff']:.2e}, "
         f"|DSGD loss diff| {check['dsgd_loss_abs_diff']:.2e}"
     )
-    if not check["max_abs_logit_diff"] <= MAX_LOGIT_DIFF:
-        raise SystemExit(
-            f"torch and JAX logits differ by {check['max_abs_logit_diff']:.3e} > "
-            f"{MAX_LOGIT_DIFF:g} with the same weights and batch: the torch model is not "
-            "the JAX example's architecture, so the timings would not compare the same work."
-        )
+    require_same_logits(check)
 
     print(f"compiling jax_adamw, jax_dsgd and jax_dsgd_dropout16 ({spec.describe()})")
     prepared = {

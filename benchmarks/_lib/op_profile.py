@@ -183,11 +183,11 @@ _TORCH_MARKS = {
         "LogSoftmax",
     ),
 }
-_AUTOGRAD = "autograd::engine::evaluate_function: "
+AUTOGRAD_NODE = "autograd::engine::evaluate_function: "  # a backward node's event
 
 
 def _torch_mark(name: str) -> str | None:
-    name = name.removeprefix(_AUTOGRAD)
+    name = name.removeprefix(AUTOGRAD_NODE)
     for category, marks in _TORCH_MARKS.items():
         if any(name == m or name.startswith(m) for m in marks):
             return category

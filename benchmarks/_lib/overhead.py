@@ -97,6 +97,7 @@ CONFIGS = {
     "vit-tiny": ModelSpec("vit", "tiny", 32, num_classes=10),
     "vit-b16": ModelSpec("vit", "b16", 32, num_classes=10),
 }
+BERT_CONFIGS = tuple(name for name, spec in CONFIGS.items() if spec.example == "bert")
 QUICK = ("bert-tiny", "vit-tiny")
 DTYPES = ("float32", "bfloat16")
 FULL = ("minilm-l6", "bert-base", "vit-tiny", "vit-b16")
