@@ -110,8 +110,9 @@ def overview_rows(
       Per run, in the given order: ``setting`` (:func:`setting_label`),
       ``example`` (its display name, e.g. ``"BERT"``), ``base`` and ``dsgd`` (their
       :func:`method_stats`), ``best_other``: the label and stats of the other
-      method with the highest mean accuracy, or None, and ``testable``: whether
-      FFT fails on some seeds but not on all.
+      method with the highest mean accuracy, or None, ``others``: every other
+      method's stats by label, and ``testable``: whether FFT fails on some seeds but
+      not on all.
     """
     rows = []
     for results in all_results:
@@ -127,6 +128,7 @@ def overview_rows(
                 "base": stats[base],
                 "dsgd": stats[dsgd],
                 "best_other": best,
+                "others": others,
                 "testable": 0 < stats[base]["failed"] < stats[base]["n"],
             }
         )

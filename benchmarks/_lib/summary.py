@@ -6,13 +6,14 @@ linking to its page of the documentation. ``python benchmarks/stability_readme.p
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from _lib import readme
 from _lib.overview import overview_rows
 
-__all__ = ["MARKER", "section", "update"]
+__all__ = ["MARKER", "baseline_ranking", "fisher_exact", "section", "update"]
 
 MARKER = "readme:results-summary"
 STABILITY_PAGE = "docs/results/stability.md"
@@ -59,7 +60,69 @@ def stability_part(root: Path) -> list[str]:
         f"{sum(r['dsgd']['n'] for r in testable)}; DSGD failed less often in {fewer} of "
         f"them and more often in {more}.",
     ]
+    ranked = baseline_ranking(rows)
+    if ranked:
+        lines += ["", _ranking_sentence(*ranked)]
     return lines
+
+
+def baseline_ranking(
+    rows: list[dict[str, Any]],
+) -> tuple[str, list[tuple[str, dict[str, Any]]]] | None:
+    """The setting that can test the claim with the most other methods, and every
+    method's stats there, fewest failed runs first (then the higher mean accuracy);
+    None where no such setting has at least two other methods."""
+    testable = [r for r in rows if r["testable"] and len(r["others"]) >= 2]
+    if not testable:
+        return None
+    row = max(testable, key=lambda r: len(r["others"]))
+    methods = [("FFT", row["base"]), ("DSGD", row["dsgd"]), *row["others"].items()]
+    methods.sort(key=lambda m: (m[1]["failed"] / m[1]["n"], -m[1]["accuracy_mean"]))
+    return row["setting"], methods
+
+
+def fisher_exact(failed_a: int, n_a: int, failed_b: int, n_b: int) -> float:
+    """Two-sided Fisher exact p-value of failed_a/n_a against failed_b/n_b: the chance,
+    with the margins fixed, of a table as probable as the observed one or less."""
+    failed, n = failed_a + failed_b, n_a + n_b
+
+    def prob(k):
+        return math.comb(n_a, k) * math.comb(n_b, failed - k) / math.comb(n, failed)
+
+    observed = prob(failed_a)
+    ks = range(max(0, failed - n_b), min(n_a, failed) + 1)
+    return min(1.0, sum(p for p in map(prob, ks) if p <= observed * (1 + 1e-9)))
+
+
+def _ranking_sentence(setting: str, methods: list[tuple[str, dict[str, Any]]]) -> str:
+    stats = dict(methods)
+    fft, dsgd = stats["FFT"], stats["DSGD"]
+
+    def rate(s):
+        return s["failed"] / s["n"]
+
+    fewer = [
+        f"{name} (p = {fisher_exact(s['failed'], s['n'], fft['failed'], fft['n']):.2f})"
+        for name, s in methods
+        if rate(s) < rate(fft)
+    ]
+    compare = "fewer" if rate(dsgd) < rate(fft) else "more" if rate(dsgd) > rate(fft) else "as many"
+    p = fisher_exact(dsgd["failed"], dsgd["n"], fft["failed"], fft["n"])
+    return (
+        f"At {setting}, where the baselines ran, failed runs per method (mean accuracy), "
+        "fewest first: "
+        + ", ".join(
+            f"{name} {s['failed']}/{s['n']} ({100 * s['accuracy_mean']:.2f})" for name, s in methods
+        )
+        + f". DSGD fails on {compare} seeds than FFT there ({dsgd['failed']} of {dsgd['n']} "
+        f"against {fft['failed']} of {fft['n']}; two-sided Fisher exact p = {p:.2f}"
+        + (", a gap these seeds cannot tell from chance)" if p >= 0.05 else ")")
+        + (
+            f"; fewer failed runs than FFT: {', '.join(fewer)}."
+            if fewer
+            else "; no method fails less often than FFT."
+        )
+    )
 
 
 def performance_part(root: Path) -> list[str]:

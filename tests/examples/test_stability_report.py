@@ -624,3 +624,36 @@ def test_markdown_tables_align_columns_and_refuse_ragged_rows():
         markdown.table(["a", "b", "c"], [[1, 2]])
     with pytest.raises(ValueError, match="align='rx'"):
         markdown.table(["a", "b"], [], "rx")
+
+
+def test_fisher_exact_against_hand_computed_tables():
+    from _lib import summary
+
+    # 3/10 against 5/10 failed, 8 failures in 20 runs: P(k failures in the first 10) =
+    # C(10, k) C(10, 8 - k) / C(20, 8); the tables no more likely than k = 3 (30240 of
+    # 125970) are k = 0, 1, 2, 3 and their mirrors 5, 6, 7, 8: 2 (45 + 1200 + 9450 + 30240).
+    assert summary.fisher_exact(3, 10, 5, 10) == pytest.approx(81870 / 125970, rel=1e-12)
+    # 0/2 against 2/2: the tables k = 0, 1, 2 have chances 1/6, 4/6, 1/6.
+    assert summary.fisher_exact(0, 2, 2, 2) == pytest.approx(1 / 3, rel=1e-12)
+    assert summary.fisher_exact(1, 4, 1, 4) == pytest.approx(1.0)
+
+
+def test_baseline_ranking_orders_methods_by_failed_share_then_accuracy():
+    from _lib import summary
+
+    results = _setting(_results(), "toy", 2e-5)
+    for seed in (42, 52, 62):  # lora predicts class 0 everywhere: 2/6, failed
+        results["runs"].append(
+            {**results["runs"][3], "label": "lora", "method": "lora", "seed": seed}
+        )
+    stable = _setting(_results(), "stable", 1e-4)
+    stable["runs"] = [r for r in stable["runs"] if (r["label"], r["seed"]) != ("fft", 52)]
+    setting, methods = summary.baseline_ranking(overview.overview_rows([stable, results]))
+    assert setting == "BERT · toy · 32 tokens · lr 2e-5"  # the only one where FFT fails some
+    # dsgd 0/3 at 5/6 and focal 0/3 at 4/6, then fft 1/4, then lora 3/3.
+    assert [(name, s["failed"], s["n"]) for name, s in methods] == [
+        ("DSGD", 0, 3), ("focal", 0, 3), ("FFT", 1, 4), ("lora", 3, 3),
+    ]  # fmt: skip
+    # Without two other methods at a testable setting there is no ranking.
+    results["runs"] = [r for r in results["runs"] if r["label"] != "lora"]
+    assert summary.baseline_ranking(overview.overview_rows([stable, results])) is None
