@@ -24,6 +24,10 @@ four train steps in interleaved rounds (``benchmarks/_lib/timing.py``):
   classified examples and 1 on the rest, the mean over the n valid examples,
   ``backward``, ``clip_grad_norm_``, ``torch.optim.AdamW`` (two param groups) with a
   ``LambdaLR`` warm-up/decay schedule.
+- ``torch_dsgd_compiled``: ``torch_dsgd`` with the module under ``torch.compile``
+  (inductor, which needs a C++ compiler on CPU; its eval-mode logits are checked
+  against the eager module's first). Where compiling fails the variant is left out
+  and the error is recorded in ``results.json`` (``--no-torch_compile`` skips it).
 
 Reports each step's median and IQR, the JAX/PyTorch DSGD ratio (median of the
 per-round ratios) and each framework's own DSGD/AdamW ratio; writes
@@ -44,6 +48,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -72,9 +77,11 @@ ORDER = (
     "torch_adamw",
     "torch_dsgd",
     "torch_dsgd_nodropout",
+    "torch_dsgd_compiled",
 )
 BASELINE = "torch_dsgd"
-# The ratios reported, "numerator/denominator" (medians of per-round ratios).
+# The ratios reported, "numerator/denominator" (medians of per-round ratios), where
+# both steps ran.
 RATIOS = (
     "jax_dsgd/torch_dsgd",
     "jax_dsgd_dropout16/torch_dsgd",
@@ -82,6 +89,8 @@ RATIOS = (
     "jax_dsgd_nodropout/torch_dsgd_nodropout",
     "jax_dsgd/jax_adamw",
     "torch_dsgd/torch_adamw",
+    "jax_dsgd/torch_dsgd_compiled",
+    "torch_dsgd_compiled/torch_dsgd",
 )
 # The JAX steps: (name, overhead.prepare variant, --dropout_bits, dropout on).
 JAX_VARIANTS = (
@@ -199,6 +208,33 @@ def check_equivalence(spec: overhead.ModelSpec, torch_model: nn.Module, device, 
     return check, torch_batch
 
 
+def compiled_step(torch_model: nn.Module, torch_batch, device) -> tuple[Any, dict[str, Any]]:
+    """``torch_dsgd``'s step with a copy of ``torch_model`` under ``torch.compile``, and
+    what building it found: its eval-mode logits against the eager module's and the
+    seconds its first call (the compilation of the forward and backward graphs) took.
+    Returns ``(None, {"torch_compile_error": ...})`` where compiling fails."""
+    eager = copy.deepcopy(torch_model).eval()
+    model = torch.compile(copy.deepcopy(torch_model))
+    try:
+        with torch.no_grad():
+            want = eager(torch_batch[0]).cpu().numpy()
+            got = model.eval()(torch_batch[0]).cpu().numpy()
+        step = make_torch_step(model, torch_batch, dsgd=True, device=device)
+        start = time.perf_counter()
+        step()
+        first_call_s = time.perf_counter() - start
+    except Exception as error:  # inductor raises many kinds: record which
+        first = (str(error).strip().splitlines() or [""])[0]
+        return None, {"torch_compile_error": f"{type(error).__name__}: {first}"[:500]}
+    diff = float(np.max(np.abs(got - want)))
+    if not diff <= MAX_LOGIT_DIFF:
+        raise SystemExit(
+            f"torch.compile changed the eval-mode logits by {diff:.3e} > {MAX_LOGIT_DIFF:g}: "
+            "the compiled step would not do the same work; rerun with --no-torch_compile"
+        )
+    return step, {"torch_compile_logit_diff": diff, "torch_compile_first_call_s": first_call_s}
+
+
 def require_same_logits(check: dict[str, Any]) -> None:
     """SystemExit unless :func:`check_equivalence` found the two models' logits within
     MAX_LOGIT_DIFF: otherwise a comparison of the two steps would not be of the same work."""
@@ -259,6 +295,11 @@ class Flags:
     out: Path | None = config_field(
         None, f"output folder (default {RESULTS}/<quick|full>-<cpu|gpu>)"
     )
+    torch_compile: bool = config_field(
+        True,
+        "also time torch_dsgd under torch.compile (inductor; on CPU it needs a C++ "
+        "compiler); off by default with --quick",
+    )
     progress: bool = config_field(True, "a bar over the rounds")
 
 
@@ -278,6 +319,9 @@ def parse_args(argv: list[str]) -> Flags:
         args.steps = 5 if args.quick else 20
     if args.warmup is None:
         args.warmup = 1 if args.quick else 2
+    named = {a.split("=")[0].replace("-", "_") for a in argv}
+    if args.quick and not named & {"__torch_compile", "__no_torch_compile"}:
+        args.torch_compile = False
     if args.steps < 1:
         _usage_error(f"--steps={args.steps}: need at least 1 timed round")
     if args.warmup < 0:
@@ -339,9 +383,21 @@ def main(argv: list[str] | None = None) -> int:
             copy.deepcopy(torch_model), torch_batch, dsgd=True, device=device, dropout=False
         ),
     }
-    assert tuple(steps) == ORDER
+    compiled: dict[str, Any] = {}
+    if args.torch_compile:
+        print("compiling torch_dsgd_compiled (torch.compile, first call)")
+        step, compiled = compiled_step(torch_model, torch_batch, device)
+        if step is None:
+            print(f"  left out: {compiled['torch_compile_error']}")
+        else:
+            steps["torch_dsgd_compiled"] = step
+            print(
+                f"  compiled in {compiled['torch_compile_first_call_s']:.1f} s; max |logit "
+                f"diff| against eager {compiled['torch_compile_logit_diff']:.2e}"
+            )
+    assert tuple(steps) == tuple(name for name in ORDER if name in steps)
     print(
-        f"timing {args.steps} interleaved rounds of {', '.join(ORDER)} "
+        f"timing {args.steps} interleaved rounds of {', '.join(steps)} "
         f"after {args.warmup} warm-up calls each (torch threads: {torch.get_num_threads()})"
     )
     with timing.rounds_bar(args.steps, "timed rounds", args.progress) as bar:
@@ -354,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_median"
         ]
         for pair in RATIOS
+        if all(name in steps for name in pair.split("/"))
     }
     for name, p in prepared.items():
         summary[name].update(compile_s=p.compile_s, xla_memory=p.memory)
@@ -381,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_dsgd_lambda": LAMBDA,
         "total_updates": TOTAL_UPDATES,
         **check,
+        **compiled,
         "baseline": BASELINE,
         "ratios": ratios,
         "variants": summary,

@@ -188,6 +188,23 @@ def _torch_peer_paragraph(r: dict[str, Any]) -> str:
         f"{ratios['torch_dsgd/torch_adamw']:.3f} (medians of per-round ratios, from rounds "
         "that mix both frameworks; the step-overhead runs above measure DSGD's own cost)."
         + _dropout16_sentence(r)
+        + _compiled_sentence(r)
+    )
+
+
+def _compiled_sentence(r: dict[str, Any]) -> str:
+    """The ``torch.compile`` step's figures, or why it is missing."""
+    if "torch_compile_error" in r:
+        return f" `torch.compile` failed here ({r['torch_compile_error']}), so it is not timed."
+    if "torch_dsgd_compiled" not in r["variants"]:
+        return " Its file predates the `torch.compile` step (rerun the command for it)."
+    ms = r["variants"]["torch_dsgd_compiled"]["median_s"] * 1e3
+    ratios = r["ratios"]
+    return (
+        f" Under `torch.compile` (inductor; its first call, the compilation, took "
+        f"{r['torch_compile_first_call_s']:.0f} s) the PyTorch DSGD step took {ms:.1f} ms, "
+        f"{ratios['torch_dsgd_compiled/torch_dsgd']:.2f} times eager PyTorch's; JAX/compiled "
+        f"PyTorch {ratios['jax_dsgd/torch_dsgd_compiled']:.2f}."
     )
 
 

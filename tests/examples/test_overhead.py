@@ -262,3 +262,17 @@ def test_dsgd_adds_no_model_work_and_pcgrad_a_backward_pass(quick):
             size = math.prod(int(d) for d in dims.group(1).split(",") if d)
             assert size <= logits_size, kind
         assert entry["variants"]["pcgrad"]["hlo_kinds_differing"] > 5
+
+
+def test_the_peer_paragraph_reports_the_compiled_torch_step_or_why_it_is_missing():
+    sentence = overhead_readme._compiled_sentence
+    timed = {
+        "variants": {"torch_dsgd_compiled": {"median_s": 0.0308}},
+        "ratios": {"torch_dsgd_compiled/torch_dsgd": 1.325, "jax_dsgd/torch_dsgd_compiled": 0.471},
+        "torch_compile_first_call_s": 44.04,
+    }
+    numbers = re.findall(r"\d+(?:\.\d+)?", sentence(timed))
+    assert numbers == ["44", "30.8", "1.32", "0.47"]  # 1.325 is stored just below 1.325
+    failed = {"variants": {}, "ratios": {}, "torch_compile_error": "InductorError: no cc"}
+    assert "InductorError: no cc" in sentence(failed)
+    assert "torch.compile" in sentence({"variants": {}, "ratios": {}})
