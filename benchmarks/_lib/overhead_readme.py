@@ -137,10 +137,47 @@ def readme_section(root: Path) -> str:
         ]
     for path in sorted((root / "benchmarks" / "results" / "torch_peer").glob("*/results.json")):
         parts += ["", _torch_peer_paragraph(json.loads(path.read_text()))]
+    for path in sorted((root / "benchmarks" / "results" / "step_profile").glob("*/results.json")):
+        rel = path.parent.relative_to(root).as_posix()
+        parts += [
+            "",
+            step_profile_paragraph(json.loads(path.read_text()), f"{rel}/table.md"),
+            "",
+            f"![JAX and PyTorch step time by part, one thread](../../{rel}/profile.png)",
+        ]
     for path in sorted((root / "benchmarks" / "results").glob("vmap_seeds*.json")):
         parts += ["", _seeds_paragraph(json.loads(path.read_text()))]
     parts.append(f"<!-- /{README_MARKER} -->")
     return "\n".join(parts)
+
+
+def step_profile_paragraph(r: dict[str, Any], table: str) -> str:
+    """One committed ``benchmarks/step_profile.py`` run: the totals, then the parts where
+    JAX spends the most time over PyTorch, largest gap first."""
+    m = r["machine"]
+    jax_parts, torch_parts = r["jax"]["parts_ms"], r["torch"]["parts_ms"]
+    gap = {k: jax_parts[k] - torch_parts.get(k, 0.0) for k in jax_parts}
+    order = sorted((k for k in gap if abs(gap[k]) >= 1.0), key=lambda k: -abs(gap[k]))
+    slower = [k for k in order if gap[k] > 0]
+    faster = [k for k in order if gap[k] < 0]
+
+    def part(k):
+        return f"{k} {jax_parts[k]:.0f} against {torch_parts.get(k, 0.0):.0f} ms"
+
+    total_jax, total_torch = r["jax"]["op_ms_per_step"], r["torch"]["op_ms_per_step"]
+    return (
+        f"Where the time goes: `{r['command'].strip()}`, {r['description']}, on {m['cpu']} "
+        f"({m['cores']} cores, load average {m['load_average_1_5_15'][0]:.2f} at the start), "
+        f"each framework on {r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
+        f"{r['steps']} profiled steps each (tables of parts, lines and ops: `{table}`). "
+        f"The ops of JAX's DSGD step add up to {total_jax:.0f} ms per step against "
+        f"PyTorch's {total_torch:.0f} ms (JAX/PyTorch {total_jax / total_torch:.2f}). "
+        "JAX spends more on "
+        + "; ".join(part(k) for k in slower)
+        + ", and less on "
+        + "; ".join(part(k) for k in faster)
+        + " (largest gap first; parts within 1 ms left out)."
+    )
 
 
 def _seeds_paragraph(t: dict[str, Any]) -> str:

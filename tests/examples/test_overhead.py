@@ -276,3 +276,27 @@ def test_the_peer_paragraph_reports_the_compiled_torch_step_or_why_it_is_missing
     failed = {"variants": {}, "ratios": {}, "torch_compile_error": "InductorError: no cc"}
     assert "InductorError: no cc" in sentence(failed)
     assert "torch.compile" in sentence({"variants": {}, "ratios": {}})
+
+
+def test_the_step_profile_paragraph_orders_parts_by_their_gap():
+    r = {
+        "command": "python benchmarks/step_profile.py",
+        "description": "toy",
+        "machine": {"cpu": "cpu", "cores": "2", "load_average_1_5_15": [0.5, 0.4, 0.3]},
+        "threads": 1,
+        "steps": 3,
+        # gaps JAX - PyTorch: a +10, b -30, c +200, d +0.5 (left out), e -4
+        "jax": {"op_ms_per_step": 400.0, "parts_ms": {"a": 20, "b": 70, "c": 300, "d": 1, "e": 9}},
+        "torch": {
+            "op_ms_per_step": 250.0,
+            "parts_ms": {"a": 10, "b": 100, "c": 100, "d": 0.5, "e": 13},
+        },
+    }
+    text = overhead_readme.step_profile_paragraph(r, "t.md")
+    assert "JAX/PyTorch 1.60" in text  # 400 / 250
+    slower, faster = text.split("JAX spends more on ")[1].split(", and less on ")
+    assert re.findall(r"(\w) (\d+) against (\d+)", slower) == [
+        ("c", "300", "100"),
+        ("a", "20", "10"),
+    ]
+    assert re.findall(r"(\w) (\d+) against (\d+)", faster) == [("b", "70", "100"), ("e", "9", "13")]
