@@ -175,6 +175,7 @@ class Prepared:
     flops: float
     hlo_ops: collections.Counter  # the optimized entry computation, see hlo_entry_ops
     hlo_text: str = ""  # the optimized module, as compiled.as_text() prints it
+    state: Callable[[], Any] = lambda: None  # the model and optimizer state after the steps run
 
 
 _ARRAY_SHAPE = re.compile(r"\b[a-z]+[0-9]*\[")  # f32[, s32[, pred[, u32[ ...
@@ -217,6 +218,7 @@ def prepare(
     total_updates: int = 1000,
     dropout_bits: int = 32,
     dropout: bool = True,
+    compiler_options: dict[str, Any] | None = None,
 ):
     """Builds, compiles and returns one variant's train step of ``spec``'s model.
 
@@ -224,7 +226,9 @@ def prepare(
     state donated, as a training loop runs it; ``memory`` is XLA's own account of
     the compiled program (argument, output and temporary bytes). ``dropout_bits`` is
     the examples' ``--dropout_bits`` (:class:`dsgd_jax.examples.nn.Dropout`);
-    ``dropout=False`` sets every dropout rate to 0 (what the step costs without it).
+    ``dropout=False`` sets every dropout rate to 0 (what the step costs without it);
+    ``compiler_options`` are XLA options for this one compilation (e.g.
+    ``{"xla_cpu_use_xnnpack": True}``), as ``jax.stages.Lowered.compile`` takes them.
     """
     fn = _variant_step(variant, total_updates)
     model, batch = model_and_batch(spec, seed)
@@ -243,7 +247,8 @@ def prepare(
 
     start = time.perf_counter()
     with jax.numpy_dtype_promotion("standard"):  # optax is not written for strict promotion
-        compiled = jax.jit(pure, donate_argnums=0).lower(state, *batch).compile()
+        compiled = jax.jit(pure, donate_argnums=0).lower(state, *batch)
+        compiled = compiled.compile(compiler_options)
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     memory = {
@@ -261,7 +266,7 @@ def prepare(
         holder[0], metrics = compiled(holder[0], *batch)
         jax.block_until_ready((holder[0], metrics))
 
-    return Prepared(step, compile_s, memory, flops, hlo_ops, hlo_text)
+    return Prepared(step, compile_s, memory, flops, hlo_ops, hlo_text, lambda: holder[0])
 
 
 def _device_peak() -> int | None:
