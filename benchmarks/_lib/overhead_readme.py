@@ -145,6 +145,8 @@ def readme_section(root: Path) -> str:
             "",
             f"![JAX and PyTorch step time by part, one thread](../../{rel}/profile.png)",
         ]
+    for path in sorted((root / "benchmarks" / "results" / "xla_flags").glob("*/results.json")):
+        parts += ["", xla_flags_paragraph(json.loads(path.read_text()))]
     for path in sorted((root / "benchmarks" / "results").glob("vmap_seeds*.json")):
         parts += ["", _seeds_paragraph(json.loads(path.read_text()))]
     parts.append(f"<!-- /{README_MARKER} -->")
@@ -178,6 +180,37 @@ def step_profile_paragraph(r: dict[str, Any], table: str) -> str:
         + "; ".join(part(k) for k in faster)
         + " (largest gap first; parts within 1 ms left out)."
     )
+
+
+def xla_flags_paragraph(r: dict[str, Any]) -> str:
+    """One committed ``benchmarks/xla_flags.py`` run: each option set's step against the
+    default's, whether its 95% interval holds 1, and whether it computes the same bits."""
+    m, v = r["machine"], r["variants"]
+
+    def one(name):
+        s, diff = v[name], r["option_sets"][name]["max_param_diff"]
+        low, high = s["ratio_ci_low"], s["ratio_ci_high"]
+        verdict = "faster" if high < 1 else "slower" if low > 1 else "within noise"
+        same = "the same bits" if diff == 0 else f"parameters off by up to {diff:.1e}"
+        return f"{name} {s['ratio_median']:.3f} [{low:.3f}, {high:.3f}], {verdict}, {same}"
+
+    others = [name for name in v if name != r["baseline"]]
+    faster = [n for n in others if v[n]["ratio_ci_high"] < 1]
+    text = (
+        f"XLA options: `{r['command'].strip()}`, {r['description']}, on {m['cpu']} "
+        f"({m['cores']} cores), {r['steps']} rounds; the DSGD step compiled under each option "
+        "set against the default compilation (median of per-round ratios, its 95% interval), "
+        "and each set's largest parameter difference from the default after the same "
+        "updates: " + "; ".join(one(n) for n in others) + "."
+    )
+    if r.get("failed"):
+        text += " Not known to this XLA: " + ", ".join(r["failed"]) + "."
+    safe = [n for n in faster if r["option_sets"][n]["max_param_diff"] == 0]
+    if safe:
+        text += " Faster with the same bits: " + ", ".join(safe) + "."
+    else:
+        text += " No option set is faster than the default while computing the same bits."
+    return text
 
 
 def _seeds_paragraph(t: dict[str, Any]) -> str:

@@ -300,3 +300,36 @@ def test_the_step_profile_paragraph_orders_parts_by_their_gap():
         ("a", "20", "10"),
     ]
     assert re.findall(r"(\w) (\d+) against (\d+)", faster) == [("b", "70", "100"), ("e", "9", "13")]
+
+
+def test_the_xla_flags_paragraph_names_the_sets_that_are_faster_with_the_same_bits():
+    def s(median, low, high):
+        return {"ratio_median": median, "ratio_ci_low": low, "ratio_ci_high": high}
+
+    r = {
+        "command": "python benchmarks/xla_flags.py",
+        "description": "toy",
+        "machine": {"cpu": "cpu", "cores": "2"},
+        "steps": 10,
+        "baseline": "default",
+        "variants": {
+            "default": s(1.0, 1.0, 1.0),
+            "a": s(0.9, 0.85, 0.95),  # faster, same bits
+            "b": s(0.8, 0.7, 0.9),  # faster, other bits
+            "c": s(1.01, 0.97, 1.04),  # within noise
+        },
+        "option_sets": {
+            "default": {"max_param_diff": 0.0},
+            "a": {"max_param_diff": 0.0},
+            "b": {"max_param_diff": 3e-7},
+            "c": {"max_param_diff": 0.0},
+        },
+        "failed": {"d": "No such compile option"},
+    }
+    text = overhead_readme.xla_flags_paragraph(r)
+    assert text.endswith("Faster with the same bits: a.")
+    assert "3.0e-07" in text and "Not known to this XLA: d." in text
+    r["option_sets"]["a"]["max_param_diff"] = 1e-9
+    assert overhead_readme.xla_flags_paragraph(r).endswith(
+        "No option set is faster than the default while computing the same bits."
+    )
