@@ -146,11 +146,13 @@ def performance_part(root: Path) -> list[str]:
     for path in sorted((root / "benchmarks/results/torch_peer").glob("*/results.json")):
         peer = json.loads(path.read_text())
         sixteen = peer["ratios"].get("jax_dsgd_dropout16/torch_dsgd")
+        compiled = peer["ratios"].get("jax_dsgd/torch_dsgd_compiled")
         text += (
             f" The MiniLM-L6 DSGD step in JAX took {peer['ratios']['jax_dsgd/torch_dsgd']:.2f} "
             + ("" if sixteen is None else f"(with `--dropout_bits=16` {sixteen:.2f}) ")
-            + f"times PyTorch eager's ({peer['machine']['cpu']}, "
-            f"{peer['machine']['torch_device']})."
+            + "times PyTorch eager's"
+            + ("" if compiled is None else f" and {compiled:.2f} times `torch.compile`'s")
+            + f" ({peer['machine']['cpu']}, {peer['machine']['torch_device']})."
         )
     if not on_gpu:
         text += " No GPU figure is measured yet."
