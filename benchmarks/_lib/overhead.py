@@ -39,7 +39,7 @@ import optax
 from flax import nnx
 
 from _lib import timing
-from dsgd_jax.examples import markdown
+from dsgd_jax.examples import markdown, runs
 from dsgd_jax.examples.bert import model as bert_model
 from dsgd_jax.examples.nn import set_dropout_bits
 from dsgd_jax.examples.steps import make_optimizer, make_steps
@@ -228,7 +228,9 @@ def prepare(
     the examples' ``--dropout_bits`` (:class:`dsgd_jax.examples.nn.Dropout`);
     ``dropout=False`` sets every dropout rate to 0 (what the step costs without it);
     ``compiler_options`` are XLA options for this one compilation (e.g.
-    ``{"xla_cpu_use_xnnpack": True}``), as ``jax.stages.Lowered.compile`` takes them.
+    ``{"xla_cpu_use_xnnpack": True}``), as ``jax.stages.Lowered.compile`` takes them;
+    None compiles with the examples' own (:func:`dsgd_jax.examples.runs.compiler_options`),
+    ``{}`` with XLA's defaults.
     """
     fn = _variant_step(variant, total_updates)
     model, batch = model_and_batch(spec, seed)
@@ -248,7 +250,9 @@ def prepare(
     start = time.perf_counter()
     with jax.numpy_dtype_promotion("standard"):  # optax is not written for strict promotion
         compiled = jax.jit(pure, donate_argnums=0).lower(state, *batch)
-        compiled = compiled.compile(compiler_options)
+        if compiler_options is None:
+            compiler_options = runs.compiler_options()
+        compiled = compiled.compile(compiler_options or None)
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     memory = {

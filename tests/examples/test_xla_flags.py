@@ -48,3 +48,34 @@ def test_quick_run_times_each_known_set_and_leaves_out_an_unknown_one(tmp_path, 
     assert 0.0 <= sets["fast_math"]["max_param_diff"] < 1e-4
     assert result["variants"]["default"]["ratio_median"] == 1.0
     assert (out / "table.md").read_text().count("\n| ") == 3  # header + 2 sets
+
+
+def test_the_examples_cpu_options_compute_the_same_bits_as_xlas_defaults():
+    import jax
+
+    from _lib import overhead
+
+    spec = overhead.CONFIGS["bert-tiny"]
+    xla_default = overhead.prepare(spec, "dsgd", seed=0, compiler_options={})
+    examples = overhead.prepare(spec, "dsgd", seed=0)  # runs.compiler_options()
+    for _ in range(3):
+        xla_default.step()
+        examples.step()
+    for a, b in zip(
+        jax.tree.leaves(xla_default.state()), jax.tree.leaves(examples.state()), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("num", [1, 3])
+def test_over_seeds_compiles_with_the_examples_options(num, monkeypatch):
+    import jax.numpy as jnp
+
+    from dsgd_jax.examples import runs
+
+    x = jnp.ones((num, 4))
+    assert float(runs.over_seeds(lambda x: 2 * x, num)(x).sum()) == 8 * num
+    # An option XLA does not know makes the compilation fail: the options reach it.
+    monkeypatch.setattr(runs, "compiler_options", lambda: {"xla_cpu_no_such_option": True})
+    with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+        runs.over_seeds(lambda x: 2 * x, num)(x)
