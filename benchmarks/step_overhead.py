@@ -21,11 +21,12 @@ import dataclasses
 import datetime
 import sys
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Literal
 
 import jax
 
 from _lib import overhead
+from _lib.script import usage_error
 from dsgd_jax.examples.cli import parse
 from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability_results import machine_info
@@ -51,12 +52,6 @@ class Flags:
     progress: bool = config_field(True, "show a progress bar over the rounds")
 
 
-def _usage_error(message: str) -> NoReturn:
-    """A bad flag found after parsing: one line, ``prog: error: message``, and status 2."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv):
     """The flags ``argv`` ask for; ``configs`` and ``variants`` as lists, ``steps`` and
     ``out`` resolved. A bad flag prints one line ``prog: error: ...`` and exits with 2."""
@@ -65,17 +60,21 @@ def parse_args(argv):
     args.configs = configs or list(overhead.QUICK if args.quick else overhead.FULL)
     unknown = [c for c in args.configs if c not in overhead.CONFIGS]
     if unknown:
-        _usage_error(f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}")
+        usage_error(
+            PROG, f"--configs: unknown {unknown}; choose from {', '.join(overhead.CONFIGS)}"
+        )
     args.variants = args.variants.split(",")
     try:
         overhead.check_variants(args.variants)
     except ValueError as e:
-        _usage_error(f"--variants: {e}")
+        usage_error(PROG, f"--variants: {e}")
     args.steps = args.steps or (5 if args.quick else 20)
     if args.steps < 1:
-        _usage_error(f"--steps={args.steps}: give at least 1 timed round (20 for real figures)")
+        usage_error(
+            PROG, f"--steps={args.steps}: give at least 1 timed round (20 for real figures)"
+        )
     if args.warmup < 0:
-        _usage_error(f"--warmup={args.warmup}: give 0 or more")
+        usage_error(PROG, f"--warmup={args.warmup}: give 0 or more")
     platform = jax.devices()[0].platform
     suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
     args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{platform}{suffix}"

@@ -50,7 +50,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -61,6 +61,7 @@ from torch import nn
 
 import dsgd_jax
 from _lib import overhead, timing
+from _lib.script import usage_error
 from _lib.torch_bert import TorchBertClassifier, copy_jax_weights
 from dsgd_jax.examples.bert.model import BertConfig
 from dsgd_jax.examples.cli import parse
@@ -303,12 +304,6 @@ class Flags:
     progress: bool = config_field(True, "a bar over the rounds")
 
 
-def _usage_error(message: str) -> NoReturn:
-    """A bad flag found after parsing: one line, ``prog: error: message``, and status 2."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv: list[str]) -> Flags:
     """The flags ``argv`` ask for, with the defaults that depend on --quick and the
     machine filled in. A bad flag prints one line ``prog: error: ...`` and exits with 2."""
@@ -323,17 +318,18 @@ def parse_args(argv: list[str]) -> Flags:
     if args.quick and not named & {"__torch_compile", "__no_torch_compile"}:
         args.torch_compile = False
     if args.steps < 1:
-        _usage_error(f"--steps={args.steps}: need at least 1 timed round")
+        usage_error(PROG, f"--steps={args.steps}: need at least 1 timed round")
     if args.warmup < 0:
-        _usage_error(f"--warmup={args.warmup}: must be 0 or more")
+        usage_error(PROG, f"--warmup={args.warmup}: must be 0 or more")
     if args.threads is not None and args.threads < 1:
-        _usage_error(f"--threads={args.threads}: must be at least 1")
+        usage_error(PROG, f"--threads={args.threads}: must be at least 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
-        _usage_error(
+        usage_error(
+            PROG,
             f"--device=cuda, but torch {torch.__version__} sees no CUDA device; "
-            "use --device=cpu or auto"
+            "use --device=cpu or auto",
         )
     if args.out is None:
         kind = "gpu" if args.device == "cuda" else "cpu"

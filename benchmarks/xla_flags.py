@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from _lib import overhead, timing
+from _lib.script import usage_error
 from dsgd_jax.examples.cli import parse
 from dsgd_jax.examples.fields import config_field
 from dsgd_jax.examples.stability import machine_info
@@ -70,11 +71,6 @@ class Flags:
     progress: bool = config_field(True, "a bar over the rounds")
 
 
-def _usage_error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv: list[str]) -> tuple[Flags, list[str]]:
     """The flags and the option sets ``argv`` ask for; a bad flag exits with status 2."""
     args = parse(Flags, argv, prog=PROG, description=__doc__.split("\n\n")[0])
@@ -84,11 +80,13 @@ def parse_args(argv: list[str]) -> tuple[Flags, list[str]]:
     names = [n.strip() for n in args.options.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTION_SETS]
     if unknown:
-        _usage_error(f"--options: {unknown} unknown; choose from {list(OPTION_SETS)}")
+        usage_error(PROG, f"--options: {unknown} unknown; choose from {list(OPTION_SETS)}")
     if not names or names[0] != BASELINE or len(set(names)) != len(names):
-        _usage_error(f"--options={args.options}: name each set once, {BASELINE!r} first")
+        usage_error(PROG, f"--options={args.options}: name each set once, {BASELINE!r} first")
     if args.steps < 1 or args.warmup < 0:
-        _usage_error(f"--steps={args.steps} --warmup={args.warmup}: need steps >= 1, warmup >= 0")
+        usage_error(
+            PROG, f"--steps={args.steps} --warmup={args.warmup}: need steps >= 1, warmup >= 0"
+        )
     if args.out is None:
         args.out = RESULTS / f"{'quick' if args.quick else 'full'}-cpu"
     return args, names
