@@ -23,6 +23,7 @@ from dsgd_jax.examples.bert.model import (
     BertClassifier,
     BertConfig,
     check_checkpoint_folder,
+    gelu,
     load_pretrained,
     num_params,
 )
@@ -336,3 +337,13 @@ def test_tiny_preset_forward():
     logits_bf16 = evaluate(model_bf16, batch)
     assert logits_bf16.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits_bf16)))
     np.testing.assert_allclose(np.asarray(logits_bf16), np.asarray(logits), atol=0.05)
+
+
+def test_gelu_is_the_erf_gelu_to_float32_precision():
+    # x / 2 * (1 + erf(x / sqrt 2)) in float64 with math.erf, from -10 to 10.
+    x = np.linspace(-10.0, 10.0, 2001, dtype=np.float32)
+    erf = np.vectorize(math.erf)
+    ref = 0.5 * x.astype(np.float64) * (1.0 + erf(x.astype(np.float64) / math.sqrt(2.0)))
+    got = np.asarray(gelu(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=5e-7)
+    assert gelu(jnp.zeros((), jnp.bfloat16)).dtype == jnp.bfloat16
