@@ -1,9 +1,10 @@
 """Pieces the examples' NNX models share: config checks, presets, float32 LayerNorm,
-dropout."""
+the exact GELU, dropout."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_config",
     "float32_norm",
     "from_preset",
+    "gelu",
     "head_noise",
     "num_params",
     "set_dropout_bits",
@@ -67,6 +69,14 @@ def from_hf_config(cls: type, raw: Mapping[str, Any], path: Any, label: str):
 def float32_norm(layer_norm: nnx.LayerNorm, x: jax.Array) -> jax.Array:
     """LayerNorm in float32, result back in the compute dtype."""
     return layer_norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU written with erf, ``x / 2 * (1 + erf(x / sqrt(2)))``: PyTorch's and
+    Hugging Face's ``"gelu"``. The same function as ``jax.nn.gelu(x, approximate=False)``,
+    which takes it through ``erfc``, several times slower on XLA's CPU backend
+    (``benchmarks/step_profile.py`` shows where a step's time goes)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(1.0 / math.sqrt(2.0), x.dtype)))
 
 
 def num_params(module: nnx.Module) -> int:

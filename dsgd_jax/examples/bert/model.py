@@ -50,18 +50,10 @@ from dsgd_jax.examples.nn import (
     float32_norm,
     from_hf_config,
     from_preset,
+    gelu,
     head_noise,
 )
 from dsgd_jax.examples.nn import num_params as num_params  # part of this module's API
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU written with erf, ``x / 2 * (1 + erf(x / sqrt(2)))``: PyTorch's and
-    Hugging Face's ``"gelu"``. The same function as ``jax.nn.gelu(x, approximate=False)``,
-    which takes it through ``erfc``, several times slower on XLA's CPU backend
-    (``benchmarks/step_profile.py`` shows where a step's time goes)."""
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(1.0 / math.sqrt(2.0), x.dtype)))
-
 
 _ACTIVATIONS = {
     "gelu": gelu,
